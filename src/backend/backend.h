@@ -1,0 +1,120 @@
+// The backend interface: where memory lives (buffers per tier), how bytes move between tiers, and the ops
+// a forward pass needs. Model code calls only this interface; the CPU backend (backend/cpu) implements
+// it for CI and hosts without a GPU, the CUDA backend (later) on the GPU.
+//
+// Activations are f32, row-major. Pointers passed to ops are memory from allocate(Tier::Device, ...)
+// (on the CPU backend that is plain host memory counted against an emulated device budget).
+// Weights arrive as WeightView (f32/f16/bf16, row or column layout; see core/tensor.h).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace doppler {
+
+enum class Tier : uint8_t { Device, Host, Disk };
+std::string_view tierName(Tier t);  // "device" | "host" | "disk"
+
+// Rotary embedding applied per head to the first `rotDim` dims of each head.
+struct RopeParams {
+  const float* invFreq = nullptr;  // [rotDim / 2]
+  int64_t rotDim = 0;
+  float attentionScale = 1.0f;     // multiplies cos and sin (yarn / longrope mscale)
+  bool interleaved = false;        // false: rotate halves (x[i], x[i + rotDim/2]) (NeoX / HF default);
+                                   // true: rotate pairs (x[2i], x[2i+1]) (deepseek rope_interleave)
+};
+
+// One contiguous run of cached keys/values for one layer: tokens [t0, t1).
+struct KVChunk {
+  int64_t t0 = 0, t1 = 0;
+  const float* k = nullptr;  // [t1 - t0, kvHeads, headDim]
+  const float* v = nullptr;  // [t1 - t0, kvHeads, vDim]
+};
+
+struct AttentionParams {
+  int64_t numHeads = 0, numKvHeads = 0;
+  int64_t headDim = 0;       // q/k dim per head
+  int64_t vDim = 0;          // v dim per head
+  float scale = 1.0f;        // softmax scale (1/sqrt(headDim) unless the model says otherwise)
+  int64_t window = 0;        // 0: full causal attention; w > 0: query at position p sees keys (p - w, p]
+  const float* sinks = nullptr;  // [numHeads] per-head sink logits (gpt_oss) or nullptr
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory ----
+  virtual void* allocate(Tier tier, size_t bytes) = 0;
+  virtual void release(Tier tier, void* p, size_t bytes) = 0;
+  virtual void copy(void* dst, Tier dstTier, const void* src, Tier srcTier, size_t bytes) = 0;
+
+  // ---- ops ----
+  // y[n, out] = x[n, in] · Wᵀ (+ bias)
+  virtual void matmul(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) = 0;
+  // out[i, :] = table[ids[i], :] as f32. table: [vocab, dim], row layout.
+  virtual void embed(const WeightView& table, const int32_t* ids, int64_t n, float* out) = 0;
+  // y[r, :] = x[r, :] / rms(x[r, :]) * w (+ 0 bias); rows x dim. y may alias x.
+  virtual void rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y) = 0;
+  // y = (x - mean) / sqrt(var + eps) * w + b. y may alias x.
+  virtual void layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps,
+                         float* y) = 0;
+  // In place on x: [n, heads, headDim], token i at position positions[i].
+  virtual void rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions,
+                    const RopeParams& p) = 0;
+  // Causal attention of n queries q [n, numHeads, headDim] at positions[i] over cached chunks (which already
+  // hold these tokens). out: [n, numHeads, vDim].
+  virtual void attention(const float* q, int64_t n, const int64_t* positions, const KVChunk* chunks,
+                         int64_t numChunks, const AttentionParams& p, float* out) = 0;
+  // out = silu(gate) * up over n elements; limit > 0: gpt_oss clamped variant
+  // (gate = min(gate, limit), up = clamp(up, -limit, limit), out = gate * sigmoid(alpha * gate) * (up + 1)).
+  virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) = 0;
+  // y[i] += a * x[i]
+  virtual void axpy(float a, const float* x, int64_t n, float* y) = 0;
+};
+
+std::unique_ptr<Backend> makeCpuBackend();
+
+}  // namespace doppler
+
+namespace doppler {
+
+// f32 scratch array in a backend's device tier (RAII).
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  DeviceArray(Backend& b, size_t count) : b_(&b), n_(count) {
+    p_ = static_cast<float*>(b.allocate(Tier::Device, count * sizeof(float)));
+  }
+  ~DeviceArray() { reset(); }
+  DeviceArray(DeviceArray&& o) noexcept : b_(o.b_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    if (this != &o) {
+      reset();
+      b_ = o.b_; p_ = o.p_; n_ = o.n_;
+      o.p_ = nullptr; o.n_ = 0;
+    }
+    return *this;
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  float* data() { return p_; }
+  const float* data() const { return p_; }
+  size_t size() const { return n_; }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  void reset() {
+    if (p_) b_->release(Tier::Device, p_, n_ * sizeof(float));
+    p_ = nullptr;
+  }
+  Backend* b_ = nullptr;
+  float* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+}  // namespace doppler

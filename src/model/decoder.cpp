@@ -1,0 +1,286 @@
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+
+namespace doppler {
+
+DecoderModel::DecoderModel(const ModelConfig& cfg, WeightProvider& weights, Backend& backend)
+    : cfg_(cfg), weights_(weights), backend_(backend) {
+  rope_ = computeRope(cfg_.rope, cfg_.headDim, cfg_.maxPositionEmbeddings);
+}
+
+std::vector<KVLayerShape> DecoderModel::kvShapes() const {
+  return std::vector<KVLayerShape>(size_t(cfg_.numLayers), KVLayerShape{cfg_.numKvHeads, cfg_.headDim, cfg_.headDim});
+}
+
+// ---------------------------------------------------------------- loading
+
+WeightView DecoderModel::loadMatrix(const std::string& name, int64_t rows, int64_t cols) {
+  WeightView w = weights_.tensor(name);
+  check(w.shape.size() == 2 && w.shape[0] == rows && w.shape[1] == cols,
+        "tensor {}: shape {}, expected [{}, {}] from the config", name, shapeString(w.shape), rows, cols);
+  check(w.dtype == DType::F32 || w.dtype == DType::F16 || w.dtype == DType::BF16,
+        "tensor {}: dtype {} not supported for matrices (f32, f16, bf16)", name, dtypeName(w.dtype));
+  return w;
+}
+
+ParamVec DecoderModel::loadParams(const std::string& name, int64_t size, bool optional) {
+  ParamVec p;
+  if (optional && !weights_.has(name)) return p;
+  WeightView w = weights_.tensor(name);
+  check(w.numel() == size, "tensor {}: {} elements (shape {}), expected {}", name, w.numel(), shapeString(w.shape),
+        size);
+  check(isFloat(w.dtype), "tensor {}: dtype {} is not a float type", name, dtypeName(w.dtype));
+  std::vector<float> host(static_cast<size_t>(size));
+  toF32(w.data, w.dtype, host.data(), size_t(size));
+  p.data = DeviceArray(backend_, size_t(size));
+  backend_.copy(p.data.data(), Tier::Device, host.data(), Tier::Host, host.size() * sizeof(float));
+  return p;
+}
+
+void DecoderModel::loadCommon() {
+  embed_ = weights_.tensor("embed.weight");
+  check(embed_.shape.size() == 2 && embed_.shape[0] == cfg_.vocabSize && embed_.shape[1] == cfg_.hiddenSize,
+        "tensor embed.weight: shape {}, expected [{}, {}]", shapeString(embed_.shape), cfg_.vocabSize,
+        cfg_.hiddenSize);
+  outNorm_ = loadParams("output_norm.weight", cfg_.hiddenSize);
+  if (cfg_.norm == NormType::LayerNorm) outNormBias_ = loadParams("output_norm.bias", cfg_.hiddenSize, true);
+  if (cfg_.tieWordEmbeddings && !weights_.has("lm_head.weight")) {
+    lmHead_ = embed_;
+  } else {
+    lmHead_ = loadMatrix("lm_head.weight", cfg_.vocabSize, cfg_.hiddenSize);
+  }
+  if (cfg_.lmHeadBias) lmHeadBias_ = loadParams("lm_head.bias", cfg_.vocabSize);
+}
+
+void DecoderModel::loadNorms(int l, LayerWeights& w) {
+  const std::string p = fmt::format("layers.{}.", l);
+  const bool ln = cfg_.norm == NormType::LayerNorm;
+  w.attnNorm = loadParams(p + "attn_norm.weight", cfg_.hiddenSize);
+  w.ffnNorm = loadParams(p + "ffn_norm.weight", cfg_.hiddenSize);
+  if (ln) {
+    w.attnNormBias = loadParams(p + "attn_norm.bias", cfg_.hiddenSize, true);
+    w.ffnNormBias = loadParams(p + "ffn_norm.bias", cfg_.hiddenSize, true);
+  }
+}
+
+void DecoderModel::loadAttention(int l, AttentionWeights& w) {
+  const std::string p = fmt::format("layers.{}.attn.", l);
+  const int64_t H = cfg_.numHeads, KVH = cfg_.numKvHeads, D = cfg_.headDim, hid = cfg_.hiddenSize;
+  w.q = loadMatrix(p + "q.weight", H * D, hid);
+  w.k = loadMatrix(p + "k.weight", KVH * D, hid);
+  w.v = loadMatrix(p + "v.weight", KVH * D, hid);
+  w.o = loadMatrix(p + "o.weight", hid, H * D);
+  if (cfg_.attentionBias) {
+    w.qBias = loadParams(p + "q.bias", H * D, true);
+    w.kBias = loadParams(p + "k.bias", KVH * D, true);
+    w.vBias = loadParams(p + "v.bias", KVH * D, true);
+    w.oBias = loadParams(p + "o.bias", hid, true);
+  }
+  if (cfg_.qkNorm) {
+    w.qNorm = loadParams(p + "q_norm.weight", D);
+    w.kNorm = loadParams(p + "k_norm.weight", D);
+  }
+  if (cfg_.attentionSinks) w.sinks = loadParams(p + "sinks", H);
+}
+
+void DecoderModel::loadDenseFfn(const std::string& prefix, int64_t inter, FfnWeights& w) {
+  w.gate = loadMatrix(prefix + ".gate.weight", inter, cfg_.hiddenSize);
+  w.up = loadMatrix(prefix + ".up.weight", inter, cfg_.hiddenSize);
+  w.down = loadMatrix(prefix + ".down.weight", cfg_.hiddenSize, inter);
+}
+
+void DecoderModel::loadMoe(int l, MoeWeights& w) {
+  const std::string p = fmt::format("layers.{}.", l);
+  w.router = loadMatrix(p + "router.weight", cfg_.numExperts, cfg_.hiddenSize);
+  w.routerBias = loadParams(p + "router.bias", cfg_.numExperts, true);
+  w.scoreBias = loadParams(p + "router.score_bias", cfg_.numExperts, true);
+  for (int64_t e = 0; e < cfg_.numExperts; e++) {
+    const std::string ep = fmt::format("{}experts.{}.", p, e);
+    w.gateName.push_back(ep + "gate.weight");
+    w.upName.push_back(ep + "up.weight");
+    w.downName.push_back(ep + "down.weight");
+    w.gateBiasName.push_back(ep + "gate.bias");
+    w.upBiasName.push_back(ep + "up.bias");
+    w.downBiasName.push_back(ep + "down.bias");
+    check(weights_.has(w.gateName.back()) && weights_.has(w.upName.back()) && weights_.has(w.downName.back()),
+          "layer {}: expert {} is missing (expected {}{{gate,up,down}}.weight)", l, e, ep);
+  }
+}
+
+// ---------------------------------------------------------------- blocks
+
+void DecoderModel::norm(const float* x, int64_t n, const ParamVec& w, const ParamVec& b, float* y) {
+  if (cfg_.norm == NormType::LayerNorm)
+    backend_.layerNorm(x, n, cfg_.hiddenSize, w.ptr(), b.ptr(), float(cfg_.normEps), y);
+  else
+    backend_.rmsNorm(x, n, cfg_.hiddenSize, w.ptr(), float(cfg_.normEps), y);
+}
+
+void DecoderModel::attentionBlock(int l, const AttentionWeights& w, Activations& a, KVCache& kv) {
+  const int64_t n = a.n, H = cfg_.numHeads, KVH = cfg_.numKvHeads, D = cfg_.headDim;
+  DeviceArray q(backend_, size_t(n * H * D));    // [n, H, D]
+  DeviceArray k(backend_, size_t(n * KVH * D));  // [n, KVH, D]
+  DeviceArray v(backend_, size_t(n * KVH * D));  // [n, KVH, D]
+  DeviceArray o(backend_, size_t(n * H * D));    // [n, H, D]
+  backend_.matmul(a.h.data(), n, w.q, w.qBias.ptr(), q.data());
+  backend_.matmul(a.h.data(), n, w.k, w.kBias.ptr(), k.data());
+  backend_.matmul(a.h.data(), n, w.v, w.vBias.ptr(), v.data());
+  if (w.qNorm.ptr()) {
+    backend_.rmsNorm(q.data(), n * H, D, w.qNorm.ptr(), float(cfg_.normEps), q.data());
+    backend_.rmsNorm(k.data(), n * KVH, D, w.kNorm.ptr(), float(cfg_.normEps), k.data());
+  }
+  RopeParams rp{rope_.invFreq.data(), rope_.rotDim, rope_.attentionScale, cfg_.ropeInterleave};
+  backend_.rope(q.data(), n, H, D, a.positions.data(), rp);
+  backend_.rope(k.data(), n, KVH, D, a.positions.data(), rp);
+  kv.write(l, a.positions[0], n, k.data(), v.data());
+  std::vector<KVChunk> chunks;
+  kv.chunks(l, a.positions[0] + n, chunks);
+  AttentionParams ap;
+  ap.numHeads = H;
+  ap.numKvHeads = KVH;
+  ap.headDim = D;
+  ap.vDim = D;
+  ap.scale = 1.0f / std::sqrt(float(D));
+  ap.window = layers_[size_t(l)].sliding ? cfg_.slidingWindow : 0;
+  ap.sinks = w.sinks.ptr();
+  backend_.attention(q.data(), n, a.positions.data(), chunks.data(), int64_t(chunks.size()), ap, o.data());
+  backend_.matmul(o.data(), n, w.o, w.oBias.ptr(), a.out.data());
+}
+
+void DecoderModel::denseFfn(const FfnWeights& w, const float* h, int64_t n, float* out, const float* gateBias,
+                            const float* upBias, const float* downBias) {
+  const int64_t inter = w.gate.rows();
+  DeviceArray g(backend_, size_t(n * inter)), u(backend_, size_t(n * inter));  // [n, I]
+  backend_.matmul(h, n, w.gate, gateBias, g.data());
+  backend_.matmul(h, n, w.up, upBias, u.data());
+  backend_.swiglu(g.data(), u.data(), n * inter, float(cfg_.swigluLimit), 1.702f, g.data());
+  backend_.matmul(g.data(), n, w.down, downBias, out);
+}
+
+void routeTopK(const ModelConfig& cfg, const float* logits, const float* scoreBias, int64_t* idx, float* weight) {
+  const int64_t E = cfg.numExperts, K = cfg.topK;
+  switch (cfg.routing) {
+    case RoutingType::SoftmaxTopK: {
+      // softmax over all experts (f32), top-k, renormalise when norm_topk_prob
+      float m = *std::max_element(logits, logits + E);
+      std::vector<float> p(static_cast<size_t>(E));
+      float sum = 0;
+      for (int64_t e = 0; e < E; e++) sum += (p[size_t(e)] = std::exp(logits[e] - m));
+      for (auto& v : p) v /= sum;
+      std::vector<int64_t> order(static_cast<size_t>(E));
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t a, int64_t b) {
+        return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
+      });
+      float ksum = 0;
+      for (int64_t i = 0; i < K; i++) ksum += p[size_t(order[size_t(i)])];
+      for (int64_t i = 0; i < K; i++) {
+        idx[i] = order[size_t(i)];
+        weight[i] = cfg.normTopkProb ? p[size_t(idx[i])] / ksum : p[size_t(idx[i])];
+      }
+      return;
+    }
+    default:
+      fail("routing '{}' is not implemented yet", int(cfg.routing));
+  }
+}
+
+void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
+  const int64_t n = a.n, E = cfg_.numExperts, K = cfg_.topK, hid = cfg_.hiddenSize;
+  // Router logits on the device, routing decisions on the host.
+  DeviceArray logitsDev(backend_, size_t(n * E));  // [n, E]
+  backend_.matmul(a.h.data(), n, w.router, w.routerBias.ptr(), logitsDev.data());
+  std::vector<float> logits(static_cast<size_t>(n * E));
+  backend_.copy(logits.data(), Tier::Host, logitsDev.data(), Tier::Device, logits.size() * sizeof(float));
+  std::vector<float> scoreBias;
+  if (w.scoreBias.ptr()) {
+    scoreBias.resize(size_t(E));
+    backend_.copy(scoreBias.data(), Tier::Host, w.scoreBias.ptr(), Tier::Device, size_t(E) * sizeof(float));
+  }
+  std::vector<int64_t> idx(static_cast<size_t>(n * K));
+  std::vector<float> wt(static_cast<size_t>(n * K));
+  for (int64_t t = 0; t < n; t++)
+    routeTopK(cfg_, logits.data() + t * E, scoreBias.empty() ? nullptr : scoreBias.data(), idx.data() + t * K,
+              wt.data() + t * K);
+
+  // Group tokens by expert so each expert's weights are read once per forward.
+  std::vector<std::vector<std::pair<int64_t, float>>> byExpert(static_cast<size_t>(E));
+  for (int64_t t = 0; t < n; t++)
+    for (int64_t j = 0; j < K; j++) byExpert[size_t(idx[size_t(t * K + j)])].emplace_back(t, wt[size_t(t * K + j)]);
+
+  std::fill(a.out.data(), a.out.data() + n * hid, 0.0f);
+  DeviceArray xe(backend_, size_t(n * hid)), ye(backend_, size_t(n * hid));  // [ne, hidden]
+  for (int64_t e = 0; e < E; e++) {
+    const auto& toks = byExpert[size_t(e)];
+    if (toks.empty()) continue;
+    const int64_t ne = int64_t(toks.size());
+    for (int64_t i = 0; i < ne; i++)
+      backend_.copy(xe.data() + i * hid, Tier::Device, a.h.data() + toks[size_t(i)].first * hid, Tier::Device,
+                    size_t(hid) * sizeof(float));
+    FfnWeights fw;
+    fw.gate = weights_.tensor(w.gateName[size_t(e)]);
+    fw.up = weights_.tensor(w.upName[size_t(e)]);
+    fw.down = weights_.tensor(w.downName[size_t(e)]);
+    denseFfn(fw, xe.data(), ne, ye.data());
+    for (int64_t i = 0; i < ne; i++)
+      backend_.axpy(toks[size_t(i)].second, ye.data() + i * hid, hid, a.out.data() + toks[size_t(i)].first * hid);
+  }
+}
+
+// ---------------------------------------------------------------- layers and forward
+
+void DecoderModel::loadStandardLayer(int l, bool moe) {
+  if (layers_.size() < size_t(cfg_.numLayers)) layers_.resize(size_t(cfg_.numLayers));
+  auto& lw = layers_[size_t(l)];
+  loadNorms(l, lw);
+  loadAttention(l, lw.attn);
+  lw.moe = moe;
+  lw.sliding = !cfg_.layerIsSliding.empty() && cfg_.layerIsSliding[size_t(l)];
+  if (moe)
+    loadMoe(l, lw.experts);
+  else
+    loadDenseFfn(fmt::format("layers.{}.ffn", l), cfg_.intermediateSize, lw.ffn);
+}
+
+void DecoderModel::layer(int l, Activations& a, KVCache& kv) {
+  auto& w = layers_[size_t(l)];
+  norm(a.x.data(), a.n, w.attnNorm, w.attnNormBias, a.h.data());
+  attentionBlock(l, w.attn, a, kv);
+  residual(a);
+  norm(a.x.data(), a.n, w.ffnNorm, w.ffnNormBias, a.h.data());
+  if (w.moe)
+    moeBlock(l, w.experts, a);
+  else
+    denseFfn(w.ffn, a.h.data(), a.n, a.out.data());
+  residual(a);
+}
+
+
+void DecoderModel::forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) {
+  check(n > 0, "forward: no tokens");
+  check(pos0 + n <= kv.capacity(), "context full: {} tokens exceed the context of {} tokens", pos0 + n,
+        kv.capacity());
+  const int64_t hid = cfg_.hiddenSize, V = cfg_.vocabSize;
+  Activations a;
+  a.n = n;
+  a.positions.resize(size_t(n));
+  std::iota(a.positions.begin(), a.positions.end(), pos0);
+  a.x = DeviceArray(backend_, size_t(n * hid));
+  a.h = DeviceArray(backend_, size_t(n * hid));
+  a.out = DeviceArray(backend_, size_t(n * hid));
+  backend_.embed(embed_, ids, n, a.x.data());
+  for (int l = 0; l < int(cfg_.numLayers); l++) layer(l, a, kv);
+  const int64_t rows = allLogits ? n : 1;
+  const float* last = a.x.data() + (n - rows) * hid;
+  norm(last, rows, outNorm_, outNormBias_, a.h.data());
+  DeviceArray out(backend_, size_t(rows * V));
+  backend_.matmul(a.h.data(), rows, lmHead_, lmHeadBias_.ptr(), out.data());
+  backend_.copy(logits, Tier::Host, out.data(), Tier::Device, size_t(rows * V) * sizeof(float));
+}
+
+}  // namespace doppler

@@ -1,0 +1,103 @@
+// Shared blocks of decoder-only transformers. An architecture file subclasses DecoderModel, loads its
+// layer weights with the load* helpers and composes layer() from the blocks (attention, dense FFN, MoE FFN).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "model/rope.h"
+
+namespace doppler {
+
+// Small f32 parameters (norm weights, biases, sinks) copied into the device tier at load.
+struct ParamVec {
+  DeviceArray data;
+  const float* ptr() const { return data ? data.data() : nullptr; }
+};
+
+struct AttentionWeights {
+  WeightView q, k, v, o;          // q [H*D, hidden], k/v [KVH*D, hidden], o [hidden, H*VD]
+  ParamVec qBias, kBias, vBias, oBias;  // optional
+  ParamVec qNorm, kNorm;          // [D] optional (qwen3)
+  ParamVec sinks;                 // [H] optional (gpt_oss)
+};
+
+struct FfnWeights {               // SwiGLU: down(act(gate(x)) * up(x))
+  WeightView gate, up, down;      // gate/up [I, hidden], down [hidden, I]
+};
+
+struct MoeWeights {
+  WeightView router;              // [E, hidden]
+  ParamVec routerBias;            // [E] optional (gpt_oss)
+  ParamVec scoreBias;             // [E] optional (deepseek e_score_correction_bias)
+  std::vector<std::string> gateName, upName, downName;  // per expert, fetched through the provider per use
+  std::vector<std::string> gateBiasName, upBiasName, downBiasName;  // per expert, optional (gpt_oss)
+};
+
+struct LayerWeights {
+  ParamVec attnNorm, attnNormBias;  // [hidden]
+  ParamVec ffnNorm, ffnNormBias;    // [hidden]
+  AttentionWeights attn;
+  bool moe = false;
+  FfnWeights ffn;                   // dense layers
+  MoeWeights experts;               // MoE layers
+  bool sliding = false;
+};
+
+// Per-forward activations, sized for n tokens.
+struct Activations {
+  int64_t n = 0;
+  std::vector<int64_t> positions;  // [n]
+  DeviceArray x;    // [n, hidden] residual stream
+  DeviceArray h;    // [n, hidden] normed input of a block
+  DeviceArray out;  // [n, hidden] block output
+};
+
+class DecoderModel : public Model {
+ public:
+  DecoderModel(const ModelConfig& cfg, WeightProvider& weights, Backend& backend);
+  const ModelConfig& config() const override { return cfg_; }
+  std::vector<KVLayerShape> kvShapes() const override;
+  void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) override;
+
+ protected:
+  // One layer: reads a.x, leaves the updated residual stream in a.x. The default is the pre-norm block
+  // x += attn(norm(x)); x += ffn(norm(x)) with ffn = MoE or dense per layer; architectures that differ override it.
+  virtual void layer(int l, Activations& a, KVCache& kv);
+  // Loads what the default layer() uses for layer l: norms, attention and a MoE or dense (layers.l.ffn) FFN.
+  void loadStandardLayer(int l, bool moe);
+
+  // ---- loading helpers (every load checks dtype and shape against the config) ----
+  WeightView loadMatrix(const std::string& name, int64_t rows, int64_t cols);
+  ParamVec loadParams(const std::string& name, int64_t size, bool optional = false);
+  void loadNorms(int l, LayerWeights& w);                    // attn_norm / ffn_norm (+ biases for LayerNorm)
+  void loadAttention(int l, AttentionWeights& w);            // q/k/v/o (+ biases, q/k norm, sinks per config)
+  void loadDenseFfn(const std::string& prefix, int64_t inter, FfnWeights& w);  // prefix.{gate,up,down}.weight
+  void loadMoe(int l, MoeWeights& w);                        // router (+bias) and the expert names
+  void loadCommon();                                          // embed, output norm, lm_head
+
+  // ---- blocks ----
+  void norm(const float* x, int64_t n, const ParamVec& w, const ParamVec& b, float* y);  // RMSNorm or LayerNorm
+  // a.out = attention(a.h) for layer l (GQA/MHA with rope, optional qk-norm, sliding window, sinks)
+  void attentionBlock(int l, const AttentionWeights& w, Activations& a, KVCache& kv);
+  // out = down(act(gate(h)) * up(h)) for n rows
+  void denseFfn(const FfnWeights& w, const float* h, int64_t n, float* out, const float* gateBias = nullptr,
+                const float* upBias = nullptr, const float* downBias = nullptr);
+  // a.out = Σ_k weight_k · expert_k(a.h) with the config's routing
+  void moeBlock(int l, const MoeWeights& w, Activations& a);
+  // x += y
+  void residual(Activations& a) { backend_.axpy(1.0f, a.out.data(), a.n * cfg_.hiddenSize, a.x.data()); }
+
+  ModelConfig cfg_;
+  WeightProvider& weights_;
+  Backend& backend_;
+  WeightView embed_, lmHead_;
+  ParamVec outNorm_, outNormBias_, lmHeadBias_;
+  std::vector<LayerWeights> layers_;
+  RopeTable rope_;
+};
+
+// Top-k expert selection for one token. logits: [E] router logits (f32, host). Writes k indices and weights.
+void routeTopK(const ModelConfig& cfg, const float* logits, const float* scoreBias, int64_t* idx, float* weight);
+
+}  // namespace doppler

@@ -1,0 +1,31 @@
+// A model: config + weights (through a WeightProvider) + a forward pass on a Backend.
+// createModel picks the architecture's implementation (one file per architecture: llama.cpp,
+// mixtral.cpp, qwen3_moe.cpp, ...), all built from the shared blocks in decoder.h.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "format/hf_config.h"
+#include "kv/kv_cache.h"
+#include "loader/weights.h"
+
+namespace doppler {
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  // K/V geometry per layer (what the KV cache must hold).
+  virtual std::vector<KVLayerShape> kvShapes() const = 0;
+  // Runs tokens ids[0..n) at positions [pos0, pos0 + n), appending their K/V to `kv`.
+  // logits: [allLogits ? n : 1, vocab] (host memory), the last token's row when !allLogits.
+  virtual void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits,
+                       float* logits) = 0;
+};
+
+// Throws Error for an architecture the engine cannot run yet, naming it.
+std::unique_ptr<Model> createModel(const ModelConfig& cfg, WeightProvider& weights, Backend& backend);
+
+}  // namespace doppler
