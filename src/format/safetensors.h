@@ -5,13 +5,15 @@
 // Validation (each failure is an Error naming the file and, where there is one, the tensor):
 //   file shorter than 8 bytes; N past EOF; header not valid JSON / not an object; unknown dtype;
 //   shape not a list of non-negative integers; numel * dtype size != e - b; b > e; range past EOF;
-//   overlapping ranges; non-string metadata.
+//   overlapping ranges; non-string metadata; duplicate keys (tensor names, metadata keys, entry fields).
+// Gaps between tensors and bytes after the last tensor are allowed.
 #pragma once
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
@@ -64,11 +66,20 @@ class SafetensorsCheckpoint {
   Entry get(const std::string& name) const;  // Error if missing
   bool has(const std::string& name) const;
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  const std::string& dir() const { return dir_; }
 
  private:
+  std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, Entry> entries_;
   std::vector<std::string> names_;
 };
+
+// Writes a safetensors file (plain, not atomic): tensors' data in the given order, header padded with spaces to
+// a multiple of 8 bytes so the data section is 8-byte aligned. Each tuple is (name, dtype, shape, bytes);
+// Error if a name repeats or is "__metadata__", or bytes.size() != numel(shape) * dtypeSize(dtype).
+using SafetensorsWriteItem = std::tuple<std::string, DType, std::vector<int64_t>, std::span<const uint8_t>>;
+void writeSafetensors(const std::string& path, const std::vector<SafetensorsWriteItem>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace doppler
