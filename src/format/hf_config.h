@@ -94,6 +94,10 @@ struct ModelConfig {
 
 // Parses a config.json object. `path` is only used in error messages.
 // Unknown model_type / architectures -> Error listing the supported ones.
+// Conventions: layerIsMoe always has numLayers entries (all false for dense models); layerIsSliding is empty
+// or has numLayers entries (slidingWindow > 0 iff some layer slides); deepseek_v3 headDim = qk_nope + qk_rope
+// (the file's head_dim is ignored); modelType falls back to archName(arch) when the file has no model_type.
+// Keys that fix tensor shapes are required; behavioural keys default as in transformers' config classes.
 ModelConfig parseHfConfig(const nlohmann::json& j, const std::string& path);
 ModelConfig readHfConfig(const std::string& path);  // reads and parses the file
 
