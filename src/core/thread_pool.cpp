@@ -18,8 +18,14 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+namespace {
+int gGlobalThreads = 0;
+}
+
+void ThreadPool::setGlobalThreads(int n) { gGlobalThreads = n; }
+
 ThreadPool& ThreadPool::global() {
-  static ThreadPool pool;
+  static ThreadPool pool(gGlobalThreads);
   return pool;
 }
 

@@ -22,8 +22,10 @@ class ThreadPool {
   // fn(begin, end) on each; returns when all are done. Not re-entrant (don't call from inside fn).
   void parallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
-  // The process-wide pool used by the CPU backend.
+  // The process-wide pool used by the CPU backend. setGlobalThreads(n) (n > 0) must come before the
+  // first global() call to take effect (the CLI's --threads); 0 means one thread per core.
   static ThreadPool& global();
+  static void setGlobalThreads(int n);
 
  private:
   void workerLoop(int idx);
