@@ -1,0 +1,146 @@
+// Byte-pair encoding: the merge loop shared by the Hugging Face BPE model and tiktoken, and the BPE model
+// of tokenizer.json ("model": {"type": "BPE", ...}).
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <algorithm>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "core/json_util.h"
+
+namespace doppler {
+
+// Hash / equality that let unordered_map<std::string, V> be searched with a string_view.
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+using StringIdMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+struct Merge {
+  int32_t rank = -1;  // < 0: the pair does not merge
+  int32_t id = -1;    // the merged symbol
+};
+
+// Merges the symbols of one word in place: repeatedly merges the adjacent pair of lowest rank (leftmost
+// among equal ranks), as the tokenizers library (binary heap keyed by rank then position) and tiktoken
+// do. lookup(a, b) -> Merge. symbols: [n] token ids, on return the merged ids.
+template <class Lookup>
+void bpeMerge(std::vector<int32_t>& symbols, const Lookup& lookup) {
+  const size_t n = symbols.size();
+  if (n < 2) return;
+  struct Entry {
+    int32_t rank;
+    uint32_t pos;
+    int32_t id;
+    bool operator>(const Entry& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  // Doubly linked list over positions; removed symbols have alive = 0.
+  thread_local std::vector<int32_t> prev, next;
+  thread_local std::vector<uint8_t> alive;
+  thread_local std::vector<Entry> heap;  // min-heap on (rank, pos)
+  const auto cmp = std::greater<Entry>();
+  const auto push = [&](Entry e) {
+    heap.push_back(e);
+    std::push_heap(heap.begin(), heap.end(), cmp);
+  };
+  prev.resize(n);
+  next.resize(n);
+  alive.assign(n, 1);
+  heap.clear();
+  for (size_t i = 0; i < n; ++i) {
+    prev[i] = int32_t(i) - 1;
+    next[i] = i + 1 < n ? int32_t(i + 1) : -1;
+  }
+  for (size_t i = 0; i + 1 < n; ++i) {
+    Merge m = lookup(symbols[i], symbols[i + 1]);
+    if (m.rank >= 0) heap.push_back({m.rank, uint32_t(i), m.id});
+  }
+  std::make_heap(heap.begin(), heap.end(), cmp);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), cmp);
+    Entry top = heap.back();
+    heap.pop_back();
+    const uint32_t p = top.pos;
+    if (!alive[p] || next[p] < 0) continue;
+    const int32_t q = next[p];
+    // Skip stale entries: the pair at p must still merge into the same symbol.
+    Merge cur = lookup(symbols[p], symbols[size_t(q)]);
+    if (cur.rank < 0 || cur.id != top.id) continue;
+    symbols[p] = top.id;
+    alive[size_t(q)] = 0;
+    next[p] = next[size_t(q)];
+    if (next[p] >= 0) prev[size_t(next[p])] = int32_t(p);
+    if (prev[p] >= 0) {
+      Merge m = lookup(symbols[size_t(prev[p])], symbols[p]);
+      if (m.rank >= 0) push({m.rank, uint32_t(prev[p]), m.id});
+    }
+    if (next[p] >= 0) {
+      Merge m = lookup(symbols[p], symbols[size_t(next[p])]);
+      if (m.rank >= 0) push({m.rank, p, m.id});
+    }
+  }
+  size_t w = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (alive[i]) symbols[w++] = symbols[i];
+  symbols.resize(w);
+}
+
+// A small thread-safe word -> ids cache (words up to 256 bytes, at most `capacity` entries; once full,
+// new words are no longer cached, as in the tokenizers library).
+class WordCache {
+ public:
+  explicit WordCache(size_t capacity = 200000) : capacity_(capacity) {}
+  bool get(std::string_view word, std::vector<int32_t>& out) const;
+  void put(std::string_view word, const std::vector<int32_t>& ids);
+
+ private:
+  size_t capacity_;
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> map_;
+};
+
+// The BPE model of tokenizer.json.
+class BpeModel {
+ public:
+  // j: the "model" object. what: context for errors.
+  BpeModel(const Json& j, const std::string& what);
+
+  // Appends the ids of one pre-tokenized word.
+  void encodeWord(std::string_view word, std::vector<int32_t>& out) const;
+
+  std::optional<int32_t> tokenId(std::string_view token) const;
+  // Token text of id, or nullptr if the model has no token with that id.
+  const std::string* tokenText(int32_t id) const;
+  // One more than the largest id.
+  int32_t size() const { return int32_t(idToToken_.size()); }
+
+ private:
+  void initialSymbols(std::string_view word, std::vector<int32_t>& syms) const;
+  Merge lookupMerge(int32_t a, int32_t b) const {
+    auto it = merges_.find((uint64_t(uint32_t(a)) << 32) | uint32_t(b));
+    return it == merges_.end() ? Merge{} : it->second;
+  }
+
+  std::string what_;
+  StringIdMap vocab_;
+  std::vector<std::string> idToToken_;  // [size] token text ("" where no token has the id)
+  std::vector<uint8_t> hasId_;          // [size]
+  std::unordered_map<uint64_t, Merge> merges_;  // (a << 32 | b) -> rank, merged id
+  std::vector<int32_t> charIds_;        // [512] id of single-character tokens below U+0200, -1 if none
+  std::unordered_map<char32_t, int32_t> otherCharIds_;
+  std::optional<int32_t> unkId_;
+  bool fuseUnk_ = false;
+  bool byteFallback_ = false;
+  bool ignoreMerges_ = false;
+  std::string continuingPrefix_, endSuffix_;
+  int32_t byteIds_[256];  // ids of <0xNN> tokens (byte_fallback), -1 if missing
+  mutable WordCache cache_;
+};
+
+}  // namespace doppler
