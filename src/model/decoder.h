@@ -6,6 +6,7 @@
 
 #include "model/model.h"
 #include "model/rope.h"
+#include "model/routing.h"
 
 namespace doppler {
 
@@ -96,8 +97,5 @@ class DecoderModel : public Model {
   std::vector<LayerWeights> layers_;
   RopeTable rope_;
 };
-
-// Top-k expert selection for one token. logits: [E] router logits (f32, host). Writes k indices and weights.
-void routeTopK(const ModelConfig& cfg, const float* logits, const float* scoreBias, int64_t* idx, float* weight);
 
 }  // namespace doppler
