@@ -1,0 +1,123 @@
+// doppler info MODEL: what an RDRR model holds (architecture, parameters, dense and per-expert bytes, shards);
+// for a Hugging Face directory, its config summary and parameter count.
+#include <cstdio>
+#include <set>
+
+#include "app/commands.h"
+#include "convert/naming.h"
+#include "core/error.h"
+#include "core/fs_util.h"
+#include "core/size.h"
+#include "format/hf_config.h"
+#include "format/rdrr_reader.h"
+#include "format/safetensors.h"
+
+namespace doppler::app {
+
+namespace {
+
+std::string countText(uint64_t n) {
+  if (n >= 1000000000ull) return fmt::format("{:.2f} B", double(n) / 1e9);
+  if (n >= 1000000ull) return fmt::format("{:.2f} M", double(n) / 1e6);
+  if (n >= 1000ull) return fmt::format("{:.1f} K", double(n) / 1e3);
+  return std::to_string(n);
+}
+
+void printConfig(const ModelConfig& c) {
+  std::printf("layers:       %lld, hidden %lld, heads %lld (kv %lld, head_dim %lld), vocab %lld\n",
+              (long long)c.numLayers, (long long)c.hiddenSize, (long long)c.numHeads, (long long)c.numKvHeads,
+              (long long)c.headDim, (long long)c.vocabSize);
+  if (c.numExperts > 0) {
+    int64_t moeLayers = 0;
+    for (bool b : c.layerIsMoe) moeLayers += b;
+    if (c.layerIsMoe.empty()) moeLayers = c.numLayers;
+    std::printf("experts:      %lld per MoE layer, top-%lld, %lld MoE layers, expert width %lld%s\n",
+                (long long)c.numExperts, (long long)c.topK, (long long)moeLayers, (long long)c.moeIntermediateSize,
+                c.numSharedExperts ? fmt::format(", {} shared", c.numSharedExperts).c_str() : "");
+  } else {
+    std::printf("experts:      none (dense, FFN width %lld)\n", (long long)c.intermediateSize);
+  }
+}
+
+int infoRdrr(const std::string& dir) {
+  auto m = RdrrModel::open(dir);
+  const Manifest& mf = m->manifest();
+  uint64_t params = 0, dense = 0, expert = 0, total = 0;
+  std::set<std::string> dtypes;
+  std::set<std::string> expertGroups;
+  int slices = 1;
+  for (const auto& [name, t] : mf.tensors) {
+    params += uint64_t(t.numel());
+    total += t.size;
+    if (t.expert >= 0) expert += t.size;
+    else dense += t.size;
+    dtypes.insert(std::string(dtypeName(t.dtype)));
+    slices = std::max(slices, t.sliceCount);
+  }
+  for (const auto& [g, _] : mf.groups)
+    if (g.find(".expert.") != std::string::npos) expertGroups.insert(g);
+  std::string dt;
+  for (const auto& d : dtypes) dt += (dt.empty() ? "" : ", ") + d;
+  std::printf("model:        %s (%s)\n", mf.modelId.c_str(), dir.c_str());
+  std::printf("format:       RDRR v%d, layout %s, tp slices %d, dtypes %s%s\n", mf.formatVersion,
+              std::string(layoutName(mf.defaultWeightLayout)).c_str(), slices, dt.c_str(),
+              mf.fused.empty() ? "" : fmt::format(", {} fused tensors", mf.fused.size()).c_str());
+  std::printf("architecture: %s\n", mf.architecture.c_str());
+  std::printf("parameters:   %llu (%s)\n", (unsigned long long)params, countText(params).c_str());
+  printConfig(m->config());
+  std::printf("dense bytes:  %llu (%s)\n", (unsigned long long)dense, formatSize(dense).c_str());
+  if (mf.moe)
+    std::printf("expert bytes: %llu per expert (%s), %zu experts stored, %s in all\n",
+                (unsigned long long)mf.moe->expertBytes, formatSize(mf.moe->expertBytes).c_str(),
+                expertGroups.size(), formatSize(expert).c_str());
+  std::printf("total bytes:  %llu (%s)\n", (unsigned long long)total, formatSize(total).c_str());
+  std::printf("shards:       %zu\n", mf.shards.size());
+  for (const auto& s : mf.shards)
+    std::printf("  %s  %12llu  %s\n", s.filename.c_str(), (unsigned long long)s.size, s.hash.c_str());
+  std::string tf;
+  for (const auto& f : mf.tokenizerFiles) tf += (tf.empty() ? "" : ", ") + f.filename;
+  std::printf("tokenizer:    %s\n", tf.empty() ? "(none)" : tf.c_str());
+  return 0;
+}
+
+int infoHf(const std::string& dir) {
+  std::string cfgPath = joinPath(dir, "config.json");
+  ModelConfig cfg = readHfConfig(cfgPath);
+  SafetensorsCheckpoint ck(dir);
+  uint64_t params = 0, bytes = 0, skipped = 0;
+  for (const auto& name : ck.names()) {
+    auto e = ck.get(name);
+    uint64_t n = 1;
+    for (auto d : e.info->shape) n *= uint64_t(d);
+    bytes += e.info->bytes();
+    if (mapHfName(name, cfg, dir).kind == HfNameMapping::Skip) skipped++;
+    else params += n;
+  }
+  std::printf("model:        %s (Hugging Face directory)\n", dir.c_str());
+  std::printf("architecture: %s (model_type %s)\n", std::string(archName(cfg.arch)).c_str(), cfg.modelType.c_str());
+  std::printf("parameters:   %llu (%s)\n", (unsigned long long)params, countText(params).c_str());
+  printConfig(cfg);
+  std::printf("checkpoint:   %zu tensors in %zu safetensors files, %llu bytes (%s)%s\n", ck.names().size(),
+              ck.files().size(), (unsigned long long)bytes, formatSize(bytes).c_str(),
+              skipped ? fmt::format("; {} tensors unused by the model", skipped).c_str() : "");
+  return 0;
+}
+
+struct Opts {
+  std::string model;
+};
+
+const bool kRegistered = registerCommand(
+    {"info", "Print what a model holds (RDRR or Hugging Face directory)", 22, [](CLI::App& sub) -> Runner {
+       auto o = std::make_shared<Opts>();
+       sub.add_option("MODEL", o->model, "RDRR directory or Hugging Face directory")->required();
+       return [o] {
+         if (isRegularFile(joinPath(o->model, kRdrrManifestName))) return infoRdrr(o->model);
+         if (isRegularFile(joinPath(o->model, "config.json"))) return infoHf(o->model);
+         if (!isDirectory(o->model)) fail("{}: no such model directory", o->model);
+         fail("{}: not a model directory (no manifest.json or config.json)", o->model);
+       };
+     }});
+}  // namespace
+
+}  // namespace doppler::app
