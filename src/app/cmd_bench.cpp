@@ -1,0 +1,123 @@
+// doppler bench [MODEL | --synthetic PRESET[:LAYERS]]: prefill and decode speed, weight bytes read per second
+// against this machine's memory read bandwidth measured in the same run.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "app/cli_common.h"
+#include "app/commands.h"
+#include "backend/cpu/matmul.h"
+#include "convert/convert.h"
+#include "convert/synthetic.h"
+#include "core/error.h"
+#include "core/fs_util.h"
+#include "core/size.h"
+#include "engine/model_source.h"
+
+namespace doppler::app {
+
+namespace {
+struct Opts {
+  std::string model, synthetic;
+  int64_t vocab = 0;
+  int64_t promptTokens = 32, decodeTokens = 32;
+  EngineOptions engine;
+};
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Weight bytes one decode step reads: every dense tensor, one row of the embedding, top-k experts per MoE layer.
+uint64_t decodeBytesPerToken(const RdrrModel& m) {
+  const ModelConfig& c = m.config();
+  uint64_t bytes = 0;
+  for (const auto& name : m.names()) {
+    const auto& l = m.logical(name);
+    if (!l.entries.empty() && l.entries[0]->role == TensorRole::Expert) continue;
+    if (name == "embed.weight") {
+      // one row for the token; with tied embeddings the head reads the whole table too
+      bytes += uint64_t(c.hiddenSize) * dtypeSize(l.dtype);
+      if (!m.has("lm_head.weight")) bytes += m.byteSize(name);
+      continue;
+    }
+    bytes += m.byteSize(name);
+  }
+  if (m.manifest().moe) {
+    int64_t moeLayers = 0;
+    for (int64_t l = 0; l < c.numLayers; l++) moeLayers += c.layerIsMoe.empty() || c.layerIsMoe[size_t(l)];
+    bytes += uint64_t(moeLayers) * uint64_t(m.manifest().moe->topK) * m.manifest().moe->expertBytes;
+  }
+  return bytes;
+}
+
+const bool kRegistered = registerCommand(
+    {"bench", "Measure prefill/decode speed and weight bandwidth against this machine's memory bandwidth", 60,
+     [](CLI::App& sub) -> Runner {
+       auto o = std::make_shared<Opts>();
+       sub.add_option("MODEL", o->model, "RDRR or Hugging Face dir (default: the embedded model)");
+       sub.add_option("--synthetic", o->synthetic,
+                      "Generate (once, in the cache) a random-weight model with real dimensions: PRESET[:LAYERS] with "
+                      "PRESET one of llama3-8b, mixtral-8x7b, qwen3-30b-a3b, qwen3-235b-a22b (default 2 layers)");
+       sub.add_option("--vocab", o->vocab, "Vocabulary size of the synthetic model (default: the preset's)");
+       sub.add_option("--prompt-tokens", o->promptTokens, "Random prompt tokens to prefill (default 32)")
+           ->check(CLI::PositiveNumber);
+       sub.add_option("-n,--decode-tokens", o->decodeTokens, "Tokens to decode (default 32)")->check(CLI::PositiveNumber);
+       addEngineOptions(sub, o->engine);
+       return [o] {
+         std::string model = o->model;
+         if (!o->synthetic.empty()) {
+           check(o->model.empty(), "bench: give MODEL or --synthetic, not both");
+           std::string preset;
+           int layers = 0;
+           parseSyntheticSpec(o->synthetic, preset, layers);
+           auto cfg = syntheticConfig(preset, layers, o->vocab);
+           model = joinPath(joinPath(cacheRoot(o->engine.cacheDir), "synthetic"),
+                            fmt::format("{}-L{}-V{}", preset, layers, cfg["vocab_size"].get<int64_t>()));
+           if (!isRegularFile(joinPath(model, "model.safetensors"))) {
+             std::fprintf(stderr, "doppler: writing synthetic %s (%d layers) into %s\n", preset.c_str(), layers,
+                          model.c_str());
+             writeSyntheticCheckpoint(model, cfg);
+           }
+         }
+         auto engine = Engine::open(model, o->engine);
+         const ModelConfig& cfg = engine->config();
+         const uint64_t perToken = decodeBytesPerToken(engine->rdrr());
+
+         std::fprintf(stderr, "doppler: measuring memory read bandwidth...\n");
+         auto bw = cpu::measureReadBandwidth(size_t(1) << 30, 5);
+
+         std::mt19937 rng(1);
+         std::vector<int32_t> prompt(size_t(o->promptTokens));
+         for (auto& t : prompt) t = int32_t(rng() % uint32_t(cfg.vocabSize));
+         auto kv = engine->newKVCache(o->promptTokens + o->decodeTokens + 1);
+         std::vector<float> logits(size_t(cfg.vocabSize));
+         double t0 = now();
+         engine->model().forward(prompt.data(), o->promptTokens, 0, *kv, false, logits.data());
+         const double prefill = now() - t0;
+         std::vector<double> steps;
+         for (int64_t i = 0; i < o->decodeTokens; i++) {
+           int32_t tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+           double s = now();
+           engine->model().forward(&tok, 1, o->promptTokens + i, *kv, false, logits.data());
+           steps.push_back(now() - s);
+         }
+         std::sort(steps.begin(), steps.end());
+         const double median = steps[steps.size() / 2];
+         const double gbs = double(perToken) / median / 1e9;
+         std::printf("model            %s (%s, %lld layers)\n", engine->dir().c_str(),
+                     std::string(archName(cfg.arch)).c_str(), (long long)cfg.numLayers);
+         std::printf("backend          %s, %d threads\n", engine->backend().name().c_str(), ThreadPool::global().size());
+         std::printf("prefill          %lld tokens in %.3f s: %.1f tok/s\n", (long long)o->promptTokens, prefill,
+                     double(o->promptTokens) / prefill);
+         std::printf("decode           %lld tokens, median %.2f ms/token: %.2f tok/s\n", (long long)o->decodeTokens,
+                     median * 1e3, 1.0 / median);
+         std::printf("weights/token    %s\n", formatSize(perToken).c_str());
+         std::printf("weight read      %.2f GB/s\n", gbs);
+         std::printf("memory bandwidth %.2f GB/s (median of %d, %d threads)\n", bw.medianGBs, bw.runs, bw.threads);
+         std::printf("ratio            %.0f%% of memory bandwidth\n", 100.0 * gbs / bw.medianGBs);
+         return 0;
+       };
+     }});
+}  // namespace
+
+}  // namespace doppler::app
