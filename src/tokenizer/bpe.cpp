@@ -23,6 +23,38 @@ void WordCache::put(std::string_view word, const std::vector<int32_t>& ids) {
   map_.emplace(std::string(word), ids);
 }
 
+void PairMap::reserve(size_t n) {
+  size_t cap = 16;
+  while (cap < 2 * n) cap *= 2;
+  if (cap <= keys_.size()) return;
+  std::vector<uint64_t> oldKeys = std::move(keys_);
+  std::vector<Merge> oldVals = std::move(vals_);
+  keys_.assign(cap, kEmpty);
+  vals_.assign(cap, Merge{});
+  mask_ = cap - 1;
+  shift_ = 64 - __builtin_ctzll(cap);
+  count_ = 0;
+  for (size_t i = 0; i < oldKeys.size(); ++i)
+    if (oldKeys[i] != kEmpty) set(int32_t(oldKeys[i] >> 32), int32_t(uint32_t(oldKeys[i])), oldVals[i]);
+}
+
+void PairMap::set(int32_t a, int32_t b, Merge m) {
+  if (2 * (count_ + 1) > keys_.size()) reserve(count_ + 1 > 8 ? 2 * (count_ + 1) : 8);
+  const uint64_t key = pack(a, b);
+  for (size_t i = slot(key);; i = (i + 1) & mask_) {
+    if (keys_[i] == key) {
+      vals_[i] = m;
+      return;
+    }
+    if (keys_[i] == kEmpty) {
+      keys_[i] = key;
+      vals_[i] = m;
+      ++count_;
+      return;
+    }
+  }
+}
+
 BpeModel::BpeModel(const Json& j, const std::string& what) : what_(what) {
   try {
     if (!j.is_object()) fail("{}: model must be an object", what);
@@ -116,7 +148,7 @@ BpeModel::BpeModel(const Json& j, const std::string& what) : what_(what) {
         merged += b;
       auto im = vocab_.find(merged);
       if (im == vocab_.end()) fail("{}: merge {} gives '{}', which is not in the vocabulary", what, rank, merged);
-      merges_[(uint64_t(uint32_t(ia->second)) << 32) | uint32_t(ib->second)] = Merge{int32_t(rank), im->second};
+      merges_.set(ia->second, ib->second, Merge{int32_t(rank), im->second});
     }
   } catch (const Json::exception& e) {
     fail("{}: model: {}", what, e.what());
@@ -199,7 +231,7 @@ void BpeModel::encodeWord(std::string_view word, std::vector<int32_t>& out) cons
   thread_local std::vector<int32_t> syms;
   syms.clear();
   initialSymbols(word, syms);
-  bpeMerge(syms, [this](int32_t a, int32_t b) { return lookupMerge(a, b); });
+  bpeMerge(syms, [this](int32_t a, int32_t b) { return merges_.find(a, b); });
   cache_.put(word, syms);
   out.insert(out.end(), syms.begin(), syms.end());
 }

@@ -91,6 +91,31 @@ void bpeMerge(std::vector<int32_t>& symbols, const Lookup& lookup) {
   symbols.resize(w);
 }
 
+// Open-addressing hash map (symbol a, symbol b) -> Merge, the hot lookup of the merge loop.
+class PairMap {
+ public:
+  void reserve(size_t n);
+  void set(int32_t a, int32_t b, Merge m);  // replaces an existing entry
+  Merge find(int32_t a, int32_t b) const {
+    if (keys_.empty()) return {};
+    const uint64_t key = pack(a, b);
+    for (size_t i = slot(key);; i = (i + 1) & mask_) {
+      if (keys_[i] == key) return vals_[i];
+      if (keys_[i] == kEmpty) return {};
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+  static uint64_t pack(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> shift_) & mask_; }
+  void grow();
+  std::vector<uint64_t> keys_;
+  std::vector<Merge> vals_;
+  size_t mask_ = 0, count_ = 0;
+  int shift_ = 64;
+};
+
 // A small thread-safe word -> ids cache (words up to 256 bytes, at most `capacity` entries; once full,
 // new words are no longer cached, as in the tokenizers library).
 class WordCache {
@@ -122,16 +147,12 @@ class BpeModel {
 
  private:
   void initialSymbols(std::string_view word, std::vector<int32_t>& syms) const;
-  Merge lookupMerge(int32_t a, int32_t b) const {
-    auto it = merges_.find((uint64_t(uint32_t(a)) << 32) | uint32_t(b));
-    return it == merges_.end() ? Merge{} : it->second;
-  }
 
   std::string what_;
   StringIdMap vocab_;
   std::vector<std::string> idToToken_;  // [size] token text ("" where no token has the id)
   std::vector<uint8_t> hasId_;          // [size]
-  std::unordered_map<uint64_t, Merge> merges_;  // (a << 32 | b) -> rank, merged id
+  PairMap merges_;                      // (a, b) -> rank, merged id
   std::vector<int32_t> charIds_;        // [512] id of single-character tokens below U+0200, -1 if none
   std::unordered_map<char32_t, int32_t> otherCharIds_;
   std::optional<int32_t> unkId_;

@@ -151,7 +151,7 @@ void strip(std::string& t, const std::string& c, size_t start, size_t stop) {
 
 // The bytes of a byte-level token (each character mapped back to its byte), or the token's own UTF-8
 // if some character is outside the byte-level alphabet.
-void appendByteLevel(std::string& out, const std::string& tok) {
+void appendByteLevel(std::string& out, std::string_view tok) {
   size_t mark = out.size();
   size_t pos = 0;
   while (pos < tok.size()) {
@@ -167,9 +167,36 @@ void appendByteLevel(std::string& out, const std::string& tok) {
 
 }  // namespace
 
-DecoderChain::Output DecoderChain::run(std::vector<std::string> toks, bool atStart, bool final) const {
+DecoderChain::Output DecoderChain::run(const std::vector<std::string_view>& tokens, bool atStart, bool final) const {
   Output o;
-  for (const Step& s : steps_) {
+  // Concatenated bytes of the tokens (ByteLevel / RawBytes), converted to UTF-8 with U+FFFD.
+  auto toText = [&](const Step& s, const auto& list) {
+    std::string bytes;
+    for (const auto& t : list) {
+      if (s.kind == Step::ByteLevel)
+        appendByteLevel(bytes, t);
+      else
+        bytes += t;
+    }
+    size_t keep = bytes.size();
+    if (!final) {
+      o.pendingBytes = utf8::incompleteTail(bytes);
+      keep -= o.pendingBytes;
+    }
+    std::string text;
+    utf8::appendLossy(text, std::string_view(bytes).substr(0, keep));
+    return text;
+  };
+  std::vector<std::string> toks;
+  size_t first = 0;
+  if (!steps_.empty() && (steps_[0].kind == Step::ByteLevel || steps_[0].kind == Step::RawBytes)) {
+    toks.push_back(toText(steps_[0], tokens));  // no copy of the token texts
+    first = 1;
+  } else {
+    toks.assign(tokens.begin(), tokens.end());
+  }
+  for (size_t stepIndex = first; stepIndex < steps_.size(); ++stepIndex) {
+    const Step& s = steps_[stepIndex];
     switch (s.kind) {
       case Step::Replace:
         for (std::string& t : toks) {
@@ -233,20 +260,7 @@ DecoderChain::Output DecoderChain::run(std::vector<std::string> toks, bool atSta
         break;
       case Step::ByteLevel:
       case Step::RawBytes: {
-        std::string bytes;
-        for (const std::string& t : toks) {
-          if (s.kind == Step::ByteLevel)
-            appendByteLevel(bytes, t);
-          else
-            bytes += t;
-        }
-        size_t keep = bytes.size();
-        if (!final) {
-          o.pendingBytes = utf8::incompleteTail(bytes);
-          keep -= o.pendingBytes;
-        }
-        std::string text;
-        utf8::appendLossy(text, std::string_view(bytes).substr(0, keep));
+        std::string text = toText(s, toks);
         toks.assign(1, std::move(text));
         break;
       }
@@ -261,7 +275,11 @@ DecoderChain::Output DecoderChain::run(std::vector<std::string> toks, bool atSta
       }
     }
   }
-  for (const std::string& t : toks) o.text += t;
+  if (toks.size() == 1) {
+    o.text = std::move(toks[0]);
+  } else {
+    for (const std::string& t : toks) o.text += t;
+  }
   return o;
 }
 

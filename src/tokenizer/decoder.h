@@ -41,7 +41,7 @@ class DecoderChain {
   };
   // Decodes the token texts of a stretch of the sequence. atStart: tokens[0] is the sequence's first
   // token. final: nothing follows (a cut character becomes U+FFFD instead of being held back).
-  Output run(std::vector<std::string> tokens, bool atStart, bool final) const;
+  Output run(const std::vector<std::string_view>& tokens, bool atStart, bool final) const;
 
   bool hasByteFallback() const { return byteFallback_; }
 

@@ -44,7 +44,7 @@ using Matcher = std::function<void(std::string_view, const std::function<void(si
 // Splits every piece by the matches of `find`, with the tokenizers library's delimiter behaviors.
 void splitPieces(std::vector<Piece>& pieces, const Matcher& find, Behavior behavior, bool invert) {
   std::vector<Piece> out;
-  out.reserve(pieces.size() * 2);
+  out.reserve(pieces.size() + 16);
   std::vector<Span> spans, merged;
   for (Piece& p : pieces) {
     const std::string& t = p.text;
@@ -60,9 +60,10 @@ void splitPieces(std::vector<Piece>& pieces, const Matcher& find, Behavior behav
       for (Span& s : spans) s.match = !s.match;
 
     merged.clear();
+    const std::vector<Span>* result = &merged;
     switch (behavior) {
       case Behavior::Isolated:
-        merged = spans;
+        result = &spans;
         break;
       case Behavior::Removed:
         for (const Span& s : spans)
@@ -104,11 +105,13 @@ void splitPieces(std::vector<Piece>& pieces, const Matcher& find, Behavior behav
         break;
       }
     }
-    if (merged.size() == 1 && merged[0].start == 0 && merged[0].end == t.size()) {
+    const std::vector<Span>& r = *result;
+    if (r.size() == 1 && r[0].start == 0 && r[0].end == t.size()) {
       if (!t.empty()) out.push_back(std::move(p));
       continue;
     }
-    for (const Span& s : merged)
+    if (out.capacity() < out.size() + r.size()) out.reserve(std::max(out.size() + r.size(), 2 * out.capacity()));
+    for (const Span& s : r)
       if (s.end > s.start) out.push_back({t.substr(s.start, s.end - s.start), p.atStart && s.start == 0});
   }
   pieces = std::move(out);

@@ -511,14 +511,14 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool addSpecial) c
 
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skipSpecial) const {
   const Impl& m = *impl_;
-  std::vector<std::string> toks;
+  std::vector<std::string_view> toks;
   toks.reserve(ids.size());
   for (int32_t id : ids) {
     m.checkId(id);
     if (skipSpecial && m.idState[size_t(id)] == 2) continue;
     toks.push_back(m.idText[size_t(id)]);
   }
-  return m.decoder.run(std::move(toks), true, true).text;
+  return m.decoder.run(toks, true, true).text;
 }
 
 int32_t Tokenizer::vocabSize() const { return int32_t(impl_->idState.size()); }
@@ -554,8 +554,8 @@ std::string StreamDecoder::push(int32_t id) {
   size_t ready = window_.size();
   if (m.decoder.hasByteFallback())
     while (ready > 0 && DecoderChain::isByteToken(window_[ready - 1])) --ready;
-  DecoderChain::Output o = m.decoder.run(
-      std::vector<std::string>(window_.begin(), window_.begin() + long(ready)), atStart_, false);
+  DecoderChain::Output o =
+      m.decoder.run(std::vector<std::string_view>(window_.begin(), window_.begin() + long(ready)), atStart_, false);
   if (o.text.size() < emitted_) fail("StreamDecoder: internal error: decoded text shrank");
   std::string out = o.text.substr(emitted_);
   emitted_ = o.text.size();
@@ -571,7 +571,8 @@ std::string StreamDecoder::push(int32_t id) {
 std::string StreamDecoder::flush() {
   if (window_.empty()) return {};
   const Tokenizer::Impl& m = *tok_.impl_;
-  DecoderChain::Output o = m.decoder.run(window_, atStart_, true);
+  DecoderChain::Output o =
+      m.decoder.run(std::vector<std::string_view>(window_.begin(), window_.end()), atStart_, true);
   std::string out = o.text.size() > emitted_ ? o.text.substr(emitted_) : std::string();
   window_.clear();
   emitted_ = 0;

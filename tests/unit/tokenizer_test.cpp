@@ -277,6 +277,30 @@ TEST(Tokenizer, KimiDefaultsWithoutTiktokenConfig) {
   EXPECT_EQ(tok->encode("Hello world", false), (std::vector<int32_t>{39, 68, 75, 338, 310, 267, 545}));
 }
 
+Json tinyMetaspaceTokenizer(const std::string& scheme) {
+  return Json::parse(R"({
+    "version": "1.0",
+    "added_tokens": [
+      {"id": 0, "content": "<unk>", "special": true, "normalized": false, "lstrip": false, "rstrip": false, "single_word": false},
+      {"id": 7, "content": "<x>", "special": true, "normalized": false, "lstrip": false, "rstrip": false, "single_word": false},
+      {"id": 9, "content": "[M]", "special": false, "normalized": false, "lstrip": true, "rstrip": true, "single_word": false},
+      {"id": 10, "content": "cc", "special": false, "normalized": true, "lstrip": false, "rstrip": false, "single_word": true}
+    ],
+    "normalizer": null,
+    "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": ")" + scheme + R"(", "split": true},
+    "post_processor": null,
+    "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": ")" + scheme + R"(", "split": true},
+    "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": false,
+      "vocab": {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "c": 4, "\u2581a": 5, "\u2581ab": 6, "<x>": 7, "ab": 8},
+      "merges": [["\u2581", "a"], ["\u2581a", "b"], "a b"]}
+  })");
+}
+
+std::unique_ptr<Tokenizer> loadJson(const TempDir& tmp, const Json& j) {
+  writeFile(tmp / "tokenizer.json", j.dump());
+  return Tokenizer::fromJsonFile(tmp / "tokenizer.json");
+}
+
 // ----------------------------------------------------------------------------------------------------
 // Streaming
 
@@ -294,8 +318,12 @@ TEST(StreamDecoder, HoldsBackSplitCharactersAndByteRuns) {
   std::string out;
   for (auto it = ids.begin(); it != ids.end(); ++it) {
     std::string chunk = dec.push(*it);
-    if (it >= at && it < at + 3) EXPECT_EQ(chunk, "") << "byte run emitted before it ended";
-    if (it == at + 3) EXPECT_EQ(chunk.substr(0, 3), "€");
+    if (it >= at && it < at + 3) {
+      EXPECT_EQ(chunk, "") << "byte run emitted before it ended";
+    }
+    if (it == at + 3) {
+      EXPECT_EQ(chunk.substr(0, 3), "€");
+    }
     out += chunk;
   }
   out += dec.flush();
@@ -305,7 +333,9 @@ TEST(StreamDecoder, HoldsBackSplitCharactersAndByteRuns) {
   ids = bl->encode("🙂", false);  // 4 bytes over several tokens
   ASSERT_GT(ids.size(), 1u);
   StreamDecoder d2(*bl);
-  for (size_t i = 0; i + 1 < ids.size(); ++i) EXPECT_EQ(d2.push(ids[i]), "");
+  for (size_t i = 0; i + 1 < ids.size(); ++i) {
+    EXPECT_EQ(d2.push(ids[i]), "");
+  }
   EXPECT_EQ(d2.push(ids.back()), "🙂");
   // A character left unfinished becomes U+FFFD at flush, as decode() does.
   StreamDecoder d3(*bl);
@@ -327,6 +357,21 @@ TEST(StreamDecoder, LeadingSpaceOfMetaspaceStrippedOnlyAtStart) {
   std::string all;
   for (auto& c : chunks) all += c;
   EXPECT_EQ(all + dec.flush(), "Hello world");
+}
+
+TEST(StreamDecoder, StripOfSeveralLeadingCharacters) {
+  // Strip(start=2) after Fuse: a first token that is only one space must not end the stream's start.
+  TempDir tmp;
+  Json j = tinyMetaspaceTokenizer("always");
+  j["decoder"] = Json::parse(R"({"type": "Sequence", "decoders": [
+      {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "Fuse"},
+      {"type": "Strip", "content": " ", "start": 2, "stop": 0}]})");
+  auto tok = loadJson(tmp, j);
+  const std::vector<int32_t> ids = {1, 1, 1, 2};  // "▁" "▁" "▁" "a"
+  EXPECT_EQ(tok->decode(ids), " a");
+  EXPECT_EQ(streamed(*tok, ids), " a");
+  EXPECT_EQ(streamed(*tok, {1, 2}), "a");
+  EXPECT_EQ(streamed(*tok, {1}), "");
 }
 
 TEST(StreamDecoder, RandomSequencesEqualDecode) {
@@ -362,30 +407,6 @@ TEST(StreamDecoder, RandomSequencesEqualDecode) {
 
 // ----------------------------------------------------------------------------------------------------
 // Pipeline pieces on a hand-made tokenizer (expected ids worked out by hand from the merges)
-
-Json tinyMetaspaceTokenizer(const std::string& scheme) {
-  return Json::parse(R"({
-    "version": "1.0",
-    "added_tokens": [
-      {"id": 0, "content": "<unk>", "special": true, "normalized": false, "lstrip": false, "rstrip": false, "single_word": false},
-      {"id": 7, "content": "<x>", "special": true, "normalized": false, "lstrip": false, "rstrip": false, "single_word": false},
-      {"id": 9, "content": "[M]", "special": false, "normalized": false, "lstrip": true, "rstrip": true, "single_word": false},
-      {"id": 10, "content": "cc", "special": false, "normalized": true, "lstrip": false, "rstrip": false, "single_word": true}
-    ],
-    "normalizer": null,
-    "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": ")" + scheme + R"(", "split": true},
-    "post_processor": null,
-    "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": ")" + scheme + R"(", "split": true},
-    "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": false,
-      "vocab": {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "c": 4, "\u2581a": 5, "\u2581ab": 6, "<x>": 7, "ab": 8},
-      "merges": [["\u2581", "a"], ["\u2581a", "b"], "a b"]}
-  })");
-}
-
-std::unique_ptr<Tokenizer> loadJson(const TempDir& tmp, const Json& j) {
-  writeFile(tmp / "tokenizer.json", j.dump());
-  return Tokenizer::fromJsonFile(tmp / "tokenizer.json");
-}
 
 TEST(Tokenizer, MetaspaceAddedTokenOptionsAndUnk) {
   TempDir tmp;
