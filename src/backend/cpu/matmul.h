@@ -23,4 +23,23 @@ inline void matmul(const float* x, int64_t n, const WeightView& w, const float* 
 // Which kernel family runs on this CPU ("avx2" or "portable").
 const char* matmulKernelName();
 
+// ---- additions for tests and benchmarks (issue #3) ----
+
+// True when the CPU (and OS) support AVX2, FMA and F16C, i.e. the "avx2" kernels can run.
+bool cpuHasAvx2Kernels();
+
+// Forces the portable kernels even where AVX2 is available (process-wide; for tests and benchmarks).
+// matmulKernelName() reports the family actually used.
+void setForcePortable(bool on);
+
+// This machine's memory read bandwidth: every thread of `pool` sums its slice of a `bytes`-sized buffer
+// (touched first, so its pages are resident); one warm-up pass, then `runs` timed passes.
+struct ReadBandwidth {
+  double medianGBs = 0, minGBs = 0, maxGBs = 0;  // 1 GB = 1e9 bytes
+  size_t bytes = 0;
+  int runs = 0, threads = 0;
+};
+ReadBandwidth measureReadBandwidth(size_t bytes = size_t(1) << 30, int runs = 7,
+                                   ThreadPool& pool = ThreadPool::global());
+
 }  // namespace doppler::cpu
