@@ -148,14 +148,15 @@ TEST(Matmul, LargerProductsMatchReferenceOnEveryFamily) {
 }
 
 // Each output element is computed the same way whatever the split, so thread counts agree bit for bit.
-TEST(Matmul, ResultsDoNotDependOnThreadCount) {
-  const int64_t in = 300, out = 1000;
+// [1000, 300] splits the outputs across threads; [20, 600] with n = 300 has too few outputs, so the GEMM
+// splits the rows of x instead.
+static void expectSameForEveryThreadCount(int64_t in, int64_t out, const std::vector<int64_t>& ns) {
   for (bool portable : {true, false}) {
     if (!portable && !cpu::cpuHasAvx2Kernels()) continue;
     KernelFamily fam(portable);
     for (Layout lo : {Layout::Row, Layout::Column}) {
       const TestWeight W(out, in, DType::BF16, lo, 7);
-      for (int64_t n : {1, 5, 40}) {
+      for (int64_t n : ns) {
         const std::vector<float> x = randomVec(size_t(n * in), 11);
         std::vector<float> first;
         for (int threads : {1, 2, 3, 5}) {
@@ -168,9 +169,15 @@ TEST(Matmul, ResultsDoNotDependOnThreadCount) {
             EXPECT_EQ(std::memcmp(first.data(), y.data(), y.size() * 4), 0)
                 << cpu::matmulKernelName() << " " << layoutName(lo) << " n=" << n << " threads=" << threads;
         }
+        expectMatchesReference(W, x, n, nullptr, first, "thread-count case");
       }
     }
   }
+}
+
+TEST(Matmul, ResultsDoNotDependOnThreadCount) {
+  expectSameForEveryThreadCount(300, 1000, {1, 5, 40});
+  expectSameForEveryThreadCount(600, 20, {1, 300});
 }
 
 TEST(Matmul, RowAndColumnLayoutsAndFamiliesAgree) {

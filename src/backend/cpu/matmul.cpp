@@ -24,9 +24,11 @@ const detail::Kernels& kernels() {
   return detail::portableKernels();
 }
 
-// Below this many multiply-adds per chunk, waking another thread costs more than it saves (a wake-up is
-// ~10 us; 2^17 bf16 MACs stream 256 KiB of weights, ~10 us at 25 GB/s).
-constexpr int64_t kMinMacsPerChunk = int64_t(1) << 17;
+// Below this much work per chunk, waking another thread (~5-20 us) costs more than it saves.
+// GEMV is memory-bound: 2^17 bf16 weights are 256 KiB, ~10 us at 25 GB/s.
+constexpr int64_t kMinGemvMacsPerChunk = int64_t(1) << 17;
+// GEMM is compute-bound: 2^20 multiply-adds are ~20 us at 100 GFLOP/s.
+constexpr int64_t kMinGemmMacsPerChunk = int64_t(1) << 20;
 // GEMM: rows of x per block, so that the x block [kNb, kKc] (256 KiB) stays in L2 across weight panels.
 constexpr int64_t kNb = 256;
 
@@ -124,13 +126,13 @@ void matmul(const float* x, int64_t n, int64_t in, const void* w, DType wtype, L
   if (n == 1) {
     if (layout == Layout::Row) {  // units of 4 output rows: one pass of the row kernel
       const int64_t units = (out + 3) / 4;
-      const int64_t grain = std::max<int64_t>(1, kMinMacsPerChunk / (4 * in));
+      const int64_t grain = std::max<int64_t>(1, kMinGemvMacsPerChunk / (4 * in));
       pool.parallelFor(
           units, [&](int64_t b, int64_t e) { K.gemvRow(x, in, w, wtype, b * 4, std::min(out, e * 4), bias, y); },
           grain);
     } else {  // units of 16 outputs: each thread owns a slice of y
       const int64_t units = (out + kNr - 1) / kNr;
-      const int64_t grain = std::max<int64_t>(1, kMinMacsPerChunk / (kNr * in));
+      const int64_t grain = std::max<int64_t>(1, kMinGemvMacsPerChunk / (kNr * in));
       pool.parallelFor(
           units,
           [&](int64_t b, int64_t e) { K.gemvCol(x, in, w, wtype, out, b * kNr, std::min(out, e * kNr), bias, y); },
@@ -144,12 +146,12 @@ void matmul(const float* x, int64_t n, int64_t in, const void* w, DType wtype, L
   const int64_t panels = (out + kNr - 1) / kNr;
   const int64_t threads = pool.size();
   if (panels >= 2 * threads || n < 2 * detail::kMr * threads) {
-    const int64_t grain = std::max<int64_t>(1, kMinMacsPerChunk / (kNr * in * n));
+    const int64_t grain = std::max<int64_t>(1, kMinGemmMacsPerChunk / (kNr * in * n));
     pool.parallelFor(
         panels, [&](int64_t b, int64_t e) { gemmBlock(K, x, in, w, wtype, layout, out, bias, y, 0, n, b, e); },
         grain);
   } else {
-    const int64_t grain = std::max<int64_t>(detail::kMr, kMinMacsPerChunk / (in * out));
+    const int64_t grain = std::max<int64_t>(detail::kMr, kMinGemmMacsPerChunk / (in * out));
     pool.parallelFor(
         n, [&](int64_t b, int64_t e) { gemmBlock(K, x, in, w, wtype, layout, out, bias, y, b, e, 0, panels); },
         grain);

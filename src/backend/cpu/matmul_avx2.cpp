@@ -415,27 +415,60 @@ void packT(const void* w, Layout layout, int64_t in, int64_t out, int64_t o0, in
   }
 }
 
-// ---- GEMM micro-kernel: MR rows x 16 columns, 2*MR accumulators, two panel loads per k.
+// ---- GEMM micro-kernel: MR rows x 16 columns, 2*MR accumulators, two panel loads per k. Written with
+// named accumulators (GCC keeps arrays of __m256 on the stack here, at half the speed).
 template <int MR>
 void microT(int64_t kc, const float* x, int64_t ldx, const float* panel, float* y, int64_t ldy) {
-  __m256 c0[MR], c1[MR];
-  for (int r = 0; r < MR; r++) {
-    c0[r] = _mm256_loadu_ps(y + r * ldy);
-    c1[r] = _mm256_loadu_ps(y + r * ldy + 8);
-  }
+  const __m256 z = _mm256_setzero_ps();
+  __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
+  const float* x0 = x;
+  const float* x1 = x + ldx;
+  const float* x2 = x + 2 * ldx;
+  const float* x3 = x + 3 * ldx;
+  const float* x4 = x + 4 * ldx;
+  const float* x5 = x + 5 * ldx;
   for (int64_t k = 0; k < kc; k++) {
     const __m256 p0 = _mm256_load_ps(panel + k * kNr), p1 = _mm256_load_ps(panel + k * kNr + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < MR; r++) {
-      const __m256 a = _mm256_broadcast_ss(x + r * ldx + k);
-      c0[r] = _mm256_fmadd_ps(a, p0, c0[r]);
-      c1[r] = _mm256_fmadd_ps(a, p1, c1[r]);
+    __m256 a = _mm256_broadcast_ss(x0 + k);
+    c00 = _mm256_fmadd_ps(a, p0, c00);
+    c01 = _mm256_fmadd_ps(a, p1, c01);
+    if constexpr (MR > 1) {
+      a = _mm256_broadcast_ss(x1 + k);
+      c10 = _mm256_fmadd_ps(a, p0, c10);
+      c11 = _mm256_fmadd_ps(a, p1, c11);
+    }
+    if constexpr (MR > 2) {
+      a = _mm256_broadcast_ss(x2 + k);
+      c20 = _mm256_fmadd_ps(a, p0, c20);
+      c21 = _mm256_fmadd_ps(a, p1, c21);
+    }
+    if constexpr (MR > 3) {
+      a = _mm256_broadcast_ss(x3 + k);
+      c30 = _mm256_fmadd_ps(a, p0, c30);
+      c31 = _mm256_fmadd_ps(a, p1, c31);
+    }
+    if constexpr (MR > 4) {
+      a = _mm256_broadcast_ss(x4 + k);
+      c40 = _mm256_fmadd_ps(a, p0, c40);
+      c41 = _mm256_fmadd_ps(a, p1, c41);
+    }
+    if constexpr (MR > 5) {
+      a = _mm256_broadcast_ss(x5 + k);
+      c50 = _mm256_fmadd_ps(a, p0, c50);
+      c51 = _mm256_fmadd_ps(a, p1, c51);
     }
   }
-  for (int r = 0; r < MR; r++) {
-    _mm256_storeu_ps(y + r * ldy, c0[r]);
-    _mm256_storeu_ps(y + r * ldy + 8, c1[r]);
-  }
+  auto add = [&](int r, __m256 lo, __m256 hi) {
+    float* yr = y + r * ldy;
+    _mm256_storeu_ps(yr, _mm256_add_ps(_mm256_loadu_ps(yr), lo));
+    _mm256_storeu_ps(yr + 8, _mm256_add_ps(_mm256_loadu_ps(yr + 8), hi));
+  };
+  add(0, c00, c01);
+  if constexpr (MR > 1) add(1, c10, c11);
+  if constexpr (MR > 2) add(2, c20, c21);
+  if constexpr (MR > 3) add(3, c30, c31);
+  if constexpr (MR > 4) add(4, c40, c41);
+  if constexpr (MR > 5) add(5, c50, c51);
 }
 
 void gemvRow(const float* x, int64_t in, const void* w, DType wt, int64_t o0, int64_t o1, const float* bias,
