@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -314,6 +317,29 @@ TEST(RdrrManifest, SafeFileNames) {
   EXPECT_FALSE(isSafeFileName(".."));
   EXPECT_FALSE(isSafeFileName(""));
   EXPECT_FALSE(isSafeFileName(std::string(300, 'a')));
+}
+
+}  // namespace
+}  // namespace doppler
+
+namespace doppler {
+namespace {
+
+// The fuzzer's seeds (fuzz/corpus/fuzz_manifest/) stay valid manifests, so mutations start from real files.
+TEST(RdrrManifest, FuzzSeedsAreValid) {
+  namespace fs = std::filesystem;
+  std::string dir = std::string(DOPPLER_SOURCE_DIR) + "/fuzz/corpus/fuzz_manifest";
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    SCOPED_TRACE(e.path().string());
+    std::ifstream f(e.path());
+    std::stringstream ss;
+    ss << f.rdbuf();
+    Manifest m = parseManifest(ss.str(), e.path().string());
+    EXPECT_FALSE(m.tensors.empty());
+    n++;
+  }
+  EXPECT_GE(n, 3);
 }
 
 }  // namespace
