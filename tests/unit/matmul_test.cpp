@@ -203,6 +203,43 @@ TEST(Matmul, RowAndColumnLayoutsAndFamiliesAgree) {
           << "variant " << k << " o=" << o;
 }
 
+// Every finite f16 / bf16 bit pattern goes through each kernel's conversion exactly: W [4096, 16] holds all
+// 65536 patterns (inf / NaN replaced by 0, as 0 * inf would poison the sums), and x = one-hot rows pick
+// single weights (GEMV with x = e_j, GEMM with x = I16).
+TEST(Matmul, EveryHalfAndBfloatWeightConvertsExactly) {
+  const int64_t in = 16, out = 4096;
+  for (bool portable : {true, false}) {
+    if (!portable && !cpu::cpuHasAvx2Kernels()) continue;
+    KernelFamily fam(portable);
+    for (DType dt : {DType::F16, DType::BF16}) {
+      auto toF32 = [&](uint16_t h) { return dt == DType::F16 ? f16ToF32(h) : bf16ToF32(h); };
+      std::vector<float> expect(size_t(out * in));  // [out, in]
+      for (Layout lo : {Layout::Row, Layout::Column}) {
+        std::vector<uint16_t> w(size_t(out * in));
+        for (int64_t o = 0; o < out; o++) {
+          for (int64_t i = 0; i < in; i++) {
+            uint16_t h = uint16_t(o * in + i);
+            if (!std::isfinite(toF32(h))) h = 0;
+            w[size_t(lo == Layout::Row ? o * in + i : i * out + o)] = h;
+            expect[size_t(o * in + i)] = toF32(h);
+          }
+        }
+        std::vector<float> eye(size_t(in * in), 0.0f), y(size_t(in * out));
+        for (int64_t j = 0; j < in; j++) eye[size_t(j * in + j)] = 1.0f;
+        int bad = 0;
+        for (int64_t j = 0; j < in; j++) {  // GEMV
+          cpu::matmul(eye.data() + j * in, 1, in, w.data(), dt, lo, out, nullptr, y.data());
+          for (int64_t o = 0; o < out; o++) bad += y[size_t(o)] != expect[size_t(o * in + j)];
+        }
+        cpu::matmul(eye.data(), in, in, w.data(), dt, lo, out, nullptr, y.data());  // GEMM
+        for (int64_t j = 0; j < in; j++)
+          for (int64_t o = 0; o < out; o++) bad += y[size_t(j * out + o)] != expect[size_t(o * in + j)];
+        EXPECT_EQ(bad, 0) << cpu::matmulKernelName() << " " << dtName(dt) << " " << layoutName(lo);
+      }
+    }
+  }
+}
+
 TEST(Matmul, WeightViewOverloadAndEmptyBatch) {
   const TestWeight W(24, 40, DType::BF16, Layout::Column, 9);
   WeightView view;

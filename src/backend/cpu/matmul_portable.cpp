@@ -1,61 +1,103 @@
 // Portable C++ matmul kernels (no intrinsics; the compiler vectorises with the baseline ISA).
 // Same blocking and summation structure as the AVX2 kernels, so both agree up to f32 rounding.
 #include <algorithm>
+#include <cstring>
 
 #include "backend/cpu/matmul_internal.h"
 
 namespace doppler::cpu::detail {
 namespace {
 
-// Storage type and scalar conversion of each weight dtype.
+// GCC/Clang vector types of 4 lanes (SSE2 width on x86-64, NEON on ARM, scalarised elsewhere). Kept in
+// named variables: arrays of them end up on the stack.
+typedef float v4 __attribute__((vector_size(16)));
+typedef uint32_t u4 __attribute__((vector_size(16)));
+typedef uint16_t h4 __attribute__((vector_size(8)));
+inline v4 loadv(const float* p) {
+  v4 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
+inline float hsum(v4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+
+// Storage type and conversions (one weight -> float, 4 weights -> v4) of each weight dtype.
 template <DType T>
 struct W;
 template <>
 struct W<DType::F32> {
   using S = float;
   static float f(S v) { return v; }
+  static v4 load4(const S* p) { return loadv(p); }
 };
 template <>
 struct W<DType::BF16> {
   using S = uint16_t;
   static float f(S v) { return bf16ToF32(v); }
+  static v4 load4(const S* p) {
+    h4 h;
+    std::memcpy(&h, p, 8);
+    const u4 u = __builtin_convertvector(h, u4) << 16;
+    v4 v;
+    std::memcpy(&v, &u, 16);
+    return v;
+  }
 };
 template <>
 struct W<DType::F16> {
   using S = uint16_t;
   static float f(S v) { return halfToFloat(v); }
+  // Branch-free halfToFloat on 4 lanes: normal numbers rebias the exponent (+112), inf/NaN rebias twice
+  // (exponent 31 -> 255), zero/subnormals are mant * 2^-24 computed exactly in f32.
+  static v4 load4(const S* p) {
+    h4 h;
+    std::memcpy(&h, p, 8);
+    const u4 u = __builtin_convertvector(h, u4);
+    const u4 em = u & 0x7fffu, sign = (u & 0x8000u) << 16;
+    const u4 normal = (em << 13) + (112u << 23) + ((em >= 0x7c00u) & (112u << 23));
+    typedef int32_t i4 __attribute__((vector_size(16)));
+    const v4 subf = __builtin_convertvector(i4(em), v4) * 0x1p-24f;  // em < 2^15: the signed conversion is exact
+    u4 sub;
+    std::memcpy(&sub, &subf, 16);
+    const u4 isSub = u4(em < 0x400u);  // all-ones lanes where subnormal / zero
+    const u4 bits = sign | (sub & isSub) | (normal & ~isSub);
+    v4 v;
+    std::memcpy(&v, &bits, 16);
+    return v;
+  }
 };
 
+// GEMV, row layout: 4 rows share each load of x; 8 partial sums per row (as in the AVX2 kernel).
 template <DType T>
 void gemvRowT(const float* x, int64_t in, const void* w, int64_t o0, int64_t o1, const float* bias, float* y) {
   using S = typename W<T>::S;
-  constexpr int L = 8;  // partial sums per row (the AVX2 kernel uses 8 lanes too)
+  using L = W<T>;
   const S* wb = static_cast<const S*>(w);
+  const int64_t kv = in / 8 * 8;
   int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) {  // 4 rows share each load of x
-    const S* r0 = wb + o * in;   // [in] each
+  for (; o + 4 <= o1; o += 4) {
+    const S* r0 = wb + o * in;  // [in] each
     const S* r1 = r0 + in;
     const S* r2 = r1 + in;
     const S* r3 = r2 + in;
-    float a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
-    int64_t k = 0;
-    for (; k + L <= in; k += L) {
-      for (int l = 0; l < L; l++) {
-        float xv = x[k + l];
-        a0[l] += xv * W<T>::f(r0[k + l]);
-        a1[l] += xv * W<T>::f(r1[k + l]);
-        a2[l] += xv * W<T>::f(r2[k + l]);
-        a3[l] += xv * W<T>::f(r3[k + l]);
-      }
+    v4 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+    for (int64_t k = 0; k < kv; k += 8) {
+      const v4 xl = loadv(x + k), xh = loadv(x + k + 4);
+      a0 += xl * L::load4(r0 + k);
+      b0 += xh * L::load4(r0 + k + 4);
+      a1 += xl * L::load4(r1 + k);
+      b1 += xh * L::load4(r1 + k + 4);
+      a2 += xl * L::load4(r2 + k);
+      b2 += xh * L::load4(r2 + k + 4);
+      a3 += xl * L::load4(r3 + k);
+      b3 += xh * L::load4(r3 + k + 4);
     }
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (int l = 0; l < L; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l], s3 += a3[l];
-    for (; k < in; k++) {
-      float xv = x[k];
-      s0 += xv * W<T>::f(r0[k]);
-      s1 += xv * W<T>::f(r1[k]);
-      s2 += xv * W<T>::f(r2[k]);
-      s3 += xv * W<T>::f(r3[k]);
+    float s0 = hsum(a0 + b0), s1 = hsum(a1 + b1), s2 = hsum(a2 + b2), s3 = hsum(a3 + b3);
+    for (int64_t k = kv; k < in; k++) {
+      const float xv = x[k];
+      s0 += xv * L::f(r0[k]);
+      s1 += xv * L::f(r1[k]);
+      s2 += xv * L::f(r2[k]);
+      s3 += xv * L::f(r3[k]);
     }
     y[o] = s0 + (bias ? bias[o] : 0.0f);
     y[o + 1] = s1 + (bias ? bias[o + 1] : 0.0f);
@@ -64,13 +106,13 @@ void gemvRowT(const float* x, int64_t in, const void* w, int64_t o0, int64_t o1,
   }
   for (; o < o1; o++) {
     const S* r0 = wb + o * in;
-    float a0[L] = {};
-    int64_t k = 0;
-    for (; k + L <= in; k += L)
-      for (int l = 0; l < L; l++) a0[l] += x[k + l] * W<T>::f(r0[k + l]);
-    float s0 = 0;
-    for (int l = 0; l < L; l++) s0 += a0[l];
-    for (; k < in; k++) s0 += x[k] * W<T>::f(r0[k]);
+    v4 a0 = {}, b0 = {};
+    for (int64_t k = 0; k < kv; k += 8) {
+      a0 += loadv(x + k) * L::load4(r0 + k);
+      b0 += loadv(x + k + 4) * L::load4(r0 + k + 4);
+    }
+    float s0 = hsum(a0 + b0);
+    for (int64_t k = kv; k < in; k++) s0 += x[k] * L::f(r0[k]);
     y[o] = s0 + (bias ? bias[o] : 0.0f);
   }
 }
@@ -91,7 +133,15 @@ void gemvColT(const float* x, int64_t in, const void* w, int64_t out, int64_t o0
       const S* r2 = r1 + out;
       const S* r3 = r2 + out;
       const float x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
-      for (int64_t o = t0; o < t1; o++)
+      int64_t o = t0;
+      // GCC vectorises the scalar loop below well for f32 and bf16; f16 needs the explicit vector form.
+      if constexpr (T == DType::F16)
+        for (; o + 4 <= t1; o += 4) {
+          const v4 v = loadv(y + o) + (x0 * W<T>::load4(r0 + o) + x1 * W<T>::load4(r1 + o) +
+                                       x2 * W<T>::load4(r2 + o) + x3 * W<T>::load4(r3 + o));
+          std::memcpy(y + o, &v, 16);
+        }
+      for (; o < t1; o++)
         y[o] += x0 * W<T>::f(r0[o]) + x1 * W<T>::f(r1[o]) + x2 * W<T>::f(r2[o]) + x3 * W<T>::f(r3[o]);
     }
     for (; i < in; i++) {
@@ -128,20 +178,35 @@ void packT(const void* w, Layout layout, int64_t in, int64_t out, int64_t o0, in
   }
 }
 
-template <int MR>
-void microT(int64_t kc, const float* x, int64_t ldx, const float* panel, float* y, int64_t ldy) {
-  float acc[MR][kNr];
-  for (int r = 0; r < MR; r++)
-    for (int j = 0; j < kNr; j++) acc[r][j] = y[r * ldy + j];
+// GEMM micro-kernel on R (1 or 2) rows x 16 columns, accumulators in registers.
+
+template <int R>
+void microRows(int64_t kc, const float* x, int64_t ldx, const float* panel, float* y, int64_t ldy) {
+  v4 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
   for (int64_t k = 0; k < kc; k++) {
     const float* p = panel + k * kNr;
-    for (int r = 0; r < MR; r++) {
-      const float xv = x[r * ldx + k];
-      for (int j = 0; j < kNr; j++) acc[r][j] += xv * p[j];
+    const v4 p0 = loadv(p), p1 = loadv(p + 4), p2 = loadv(p + 8), p3 = loadv(p + 12);
+    const float xa = x[k];
+    a0 += xa * p0;
+    a1 += xa * p1;
+    a2 += xa * p2;
+    a3 += xa * p3;
+    if constexpr (R > 1) {
+      const float xb = x[ldx + k];
+      b0 += xb * p0;
+      b1 += xb * p1;
+      b2 += xb * p2;
+      b3 += xb * p3;
     }
   }
-  for (int r = 0; r < MR; r++)
-    for (int j = 0; j < kNr; j++) y[r * ldy + j] = acc[r][j];
+  auto add = [](float* yr, v4 c0, v4 c1, v4 c2, v4 c3) {
+    std::memcpy(yr, &(c0 += loadv(yr)), 16);
+    std::memcpy(yr + 4, &(c1 += loadv(yr + 4)), 16);
+    std::memcpy(yr + 8, &(c2 += loadv(yr + 8)), 16);
+    std::memcpy(yr + 12, &(c3 += loadv(yr + 12)), 16);
+  };
+  add(y, a0, a1, a2, a3);
+  if constexpr (R > 1) add(y + ldy, b0, b1, b2, b3);
 }
 
 void gemvRow(const float* x, int64_t in, const void* w, DType wt, int64_t o0, int64_t o1, const float* bias,
@@ -172,14 +237,9 @@ void pack(const void* w, DType wt, Layout layout, int64_t in, int64_t out, int64
 }
 
 void micro(int mr, int64_t kc, const float* x, int64_t ldx, const float* panel, float* y, int64_t ldy) {
-  switch (mr) {
-    case 1: return microT<1>(kc, x, ldx, panel, y, ldy);
-    case 2: return microT<2>(kc, x, ldx, panel, y, ldy);
-    case 3: return microT<3>(kc, x, ldx, panel, y, ldy);
-    case 4: return microT<4>(kc, x, ldx, panel, y, ldy);
-    case 5: return microT<5>(kc, x, ldx, panel, y, ldy);
-    default: return microT<6>(kc, x, ldx, panel, y, ldy);
-  }
+  int r = 0;
+  for (; r + 2 <= mr; r += 2) microRows<2>(kc, x + r * ldx, ldx, panel, y + r * ldy, ldy);
+  if (r < mr) microRows<1>(kc, x + r * ldx, ldx, panel, y + r * ldy, ldy);
 }
 
 uint64_t readSum(const uint64_t* p, size_t n) {
