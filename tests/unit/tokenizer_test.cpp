@@ -1,11 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "core/error.h"
 #include "core/json_util.h"
+#include "format/safetensors.h"
 #include "test_util.h"
 #include "tokenizer/decoder.h"
 #include "tokenizer/normalizer.h"
@@ -99,6 +101,28 @@ TEST(Tokenizer, TrainedModelPromptIdsMatchReference) {
   EXPECT_EQ(tok->eosToken(), "<|endoftext|>");
   EXPECT_EQ(tok->bosToken(), "");
   EXPECT_TRUE(tok->isSpecial(4094));
+}
+
+TEST(Tokenizer, ModelFixturePromptIdsMatchReference) {
+  // Each model fixture's reference.safetensors holds its prompt (metadata prompt_text) tokenized by
+  // transformers with BOS: byte-level (llama, qwen3_moe, gpt_oss, deepseek_v3) and metaspace (mixtral, phimoe).
+  for (const std::string arch : {"llama", "mixtral", "qwen3_moe", "gpt_oss", "phimoe", "deepseek_v3"}) {
+    SCOPED_TRACE(arch);
+    const std::string dir = dataPath("hf/" + arch);
+    SafetensorsFile ref(dir + "/reference.safetensors");
+    const SafetensorInfo* t = ref.find("prompt_ids");
+    ASSERT_NE(t, nullptr);
+    ASSERT_EQ(t->dtype, DType::I32);
+    std::span<const uint8_t> bytes = ref.bytes(*t);
+    std::vector<int32_t> expected(bytes.size() / 4);
+    std::memcpy(expected.data(), bytes.data(), bytes.size());
+    ASSERT_GT(expected.size(), 30u);
+    auto tok = Tokenizer::fromDir(dir);
+    const std::string text = ref.metadata().at("prompt_text");
+    EXPECT_EQ(tok->encode(text, true), expected);
+    EXPECT_EQ(tok->bosId(), expected[0]);
+    EXPECT_EQ(streamed(*tok, expected, true), text);
+  }
 }
 
 // ----------------------------------------------------------------------------------------------------
