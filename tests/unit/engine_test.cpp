@@ -102,7 +102,7 @@ void expectCleanError(const test::CliResult& r, const std::string& needle) {
   EXPECT_LT(r.exitCode, 128) << "crashed: " << r.err;
   auto last = r.err.rfind("doppler: error: ");
   ASSERT_NE(last, std::string::npos) << r.err;
-  EXPECT_EQ(r.err.find("error"), last) << r.err;
+  EXPECT_EQ(r.err.find("error"), last + 9) << r.err;  // no earlier line says "error"
   EXPECT_EQ(test::lineCount(r.err.substr(last)), 1) << r.err;
   EXPECT_NE(r.err.find(needle, last), std::string::npos) << r.err;
 }
