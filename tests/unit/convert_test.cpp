@@ -249,6 +249,13 @@ TEST(ConvertCli, UnwritableOutputDirectory) {
   expectFailure(r, out, {"ro/out.rdrr", "cannot create"});
 }
 
+// The same failure where even root cannot write (CI runs as root): /proc takes no new directories.
+TEST(ConvertCli, OutputDirectoryNobodyCanWrite) {
+  const std::string out = "/proc/doppler-test-out.rdrr";
+  CliRun r = convert(fixture("llama"), out);
+  expectFailure(r, out, {"/proc/doppler-test-out.rdrr", "cannot create"});
+}
+
 TEST(ConvertCli, RefusesToOverwriteWithoutForce) {
   Tmp t;
   std::string out = t / "m.rdrr";
