@@ -3,6 +3,8 @@
 
 #include <pcre2.h>
 
+#include <algorithm>
+#include <cctype>
 #include <vector>
 
 #include "core/error.h"
@@ -156,7 +158,29 @@ struct Regex::Code {
   }
 };
 
-std::string Regex::translate(const std::string& pattern) { return translateFrom(pattern); }
+// Oniguruma's \uHHHH escape is PCRE2's \x{HHHH}.
+static std::string unicodeEscapes(const std::string& p) {
+  std::string out;
+  out.reserve(p.size());
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p[i] != '\\' || i + 1 >= p.size()) {
+      out += p[i];
+      continue;
+    }
+    if (p[i + 1] == 'u' && i + 6 <= p.size() &&
+        std::all_of(p.begin() + long(i) + 2, p.begin() + long(i) + 6, [](char c) { return std::isxdigit(uint8_t(c)); })) {
+      out += "\\x{" + p.substr(i + 2, 4) + "}";
+      i += 5;
+    } else {
+      out += p[i];
+      out += p[i + 1];
+      ++i;
+    }
+  }
+  return out;
+}
+
+std::string Regex::translate(const std::string& pattern) { return translateFrom(unicodeEscapes(pattern)); }
 
 std::string Regex::quote(std::string_view literal) {
   std::string out = "\\Q";

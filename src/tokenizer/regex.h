@@ -3,6 +3,7 @@
 // Patterns come from tokenizer.json (Oniguruma syntax) and tiktoken configs (Rust regex syntax). Two
 // differences with PCRE2 are translated before compiling:
 //  - class intersections `[A&&[^B]]` (Kimi K2's pattern) become `(?:(?=[^B])[A])`;
+//  - `\uHHHH` (Oniguruma) becomes `\x{HHHH}`;
 //  - PCRE2's `\s` (with UCP) also matches U+180E, which is not White_Space for Oniguruma and Rust;
 //    `\s` / `\S` are rewritten to leave it out.
 #pragma once

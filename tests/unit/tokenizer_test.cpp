@@ -519,6 +519,8 @@ TEST(Regex, LlamaThreeAndKimiPatterns) {
   EXPECT_EQ(split(kKimiPattern, "Hello世界World's HTTPServer 12345 日本語のテキスト  x"),
             (S{"Hello", "世界", "World's", " HTTPServer", " ", "123", "45", " ", "日本語", "のテキスト", " ", " x"}));
   EXPECT_EQ(Regex::translate(R"([\p{L}&&[^\p{Han}]]+)"), R"((?:(?=[^\p{Han}])[\p{L}])+)");
+  // Oniguruma's \uHHHH escape (DeepSeek-V3's kana / CJK split).
+  EXPECT_EQ(split(R"([\u3040-\u309F]+|\\u)", "ab\xE3\x81\xB2\xE3\x82\x89" "c\\u"), (S{"\xE3\x81\xB2\xE3\x82\x89", "\\u"}));
   EXPECT_THROW(Regex("(", "test"), Error);
 }
 
