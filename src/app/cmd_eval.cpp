@@ -40,6 +40,7 @@ const bool kRegistered = registerCommand(
          const bool ok = worst <= o->tol;
          std::printf("%s: worst relative error %.3e %s tolerance %.1e\n", ok ? "PASS" : "FAIL", worst,
                      ok ? "<=" : ">", o->tol);
+         reportStats(*engine, o->engine);
          return ok ? 0 : 1;
        };
      }});

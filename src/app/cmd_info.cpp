@@ -1,6 +1,8 @@
 // doppler info MODEL: what an RDRR model holds (architecture, parameters, dense and per-expert bytes, shards);
 // for a Hugging Face directory, its config summary and parameter count.
 #include <cstdio>
+#include <memory>
+#include <optional>
 #include <set>
 
 #include "app/commands.h"
@@ -11,6 +13,10 @@
 #include "format/hf_config.h"
 #include "format/rdrr_reader.h"
 #include "format/safetensors.h"
+#include "backend/backend.h"
+#include "engine/model_source.h"
+#include "loader/placement.h"
+#include "memory/budget.h"
 
 namespace doppler::app {
 
@@ -103,6 +109,65 @@ int infoHf(const std::string& dir) {
   return 0;
 }
 
+// ---- doppler info --tiers [MODEL] [--vram SIZE] [--ram SIZE] (issue #4, docs/tiers.md) ----
+struct TierInfoOpts {
+  bool tiers = false;
+  std::optional<uint64_t> vram, ram;
+  std::string cacheDir;
+};
+
+void addTierInfoOptions(CLI::App& sub, TierInfoOpts& t) {
+  sub.add_flag("--tiers", t.tiers,
+               "Print the memory tiers (device, host RAM with cgroup limits, disk), the budgets that would be used "
+               "and, for an RDRR MODEL, its placement");
+  sub.add_option_function<std::string>(
+      "--vram", [&t](const std::string& s) { t.vram = parseSize(s, "--vram"); }, "With --tiers: a device budget");
+  sub.add_option_function<std::string>(
+      "--ram", [&t](const std::string& s) { t.ram = parseSize(s, "--ram"); }, "With --tiers: a host budget");
+  sub.add_option("--cache-dir", t.cacheDir, "With --tiers: the cache directory whose free disk space to report");
+}
+
+int infoTiers(const std::string& model, const TierInfoOpts& t) {
+  auto backend = makeCpuBackend();
+  const std::string cache = cacheRoot(t.cacheDir);
+  Capabilities c = detectCapabilities(*backend, cache);
+  const HostMemory& h = c.host;
+  std::printf("host RAM:     %s total, %s available", formatSize(h.total).c_str(), formatSize(h.available).c_str());
+  if (h.cgroupVersion)
+    std::printf("; cgroup v%d limit %s, usage %s (%s)", h.cgroupVersion,
+                h.cgroupLimit ? formatSize(*h.cgroupLimit).c_str() : "none", formatSize(h.cgroupUsage).c_str(),
+                h.cgroupPath.c_str());
+  std::printf("; usable %s\n", formatSize(h.usable()).c_str());
+  std::printf("disk:         %s free of %s (cache %s)\n", formatSize(c.disk.free).c_str(),
+              formatSize(c.disk.total).c_str(), cache.c_str());
+  std::printf("device:       %s: %s total, %s free%s\n", c.device.backend.c_str(), formatSize(c.device.total).c_str(),
+              formatSize(c.device.free).c_str(),
+              c.device.emulated ? " (emulated in host RAM: explicit copies, own budget)"
+                                : c.device.unified ? " (unified with host memory)" : "");
+  std::unique_ptr<RdrrModel> m;
+  uint64_t shardBytes = 0;
+  if (!model.empty()) {
+    check(isRegularFile(joinPath(model, kRdrrManifestName)),
+          "{}: --tiers plans placement for an RDRR directory (convert a Hugging Face directory first)", model);
+    m = RdrrModel::open(model);
+    for (const auto& s : m->manifest().shards) shardBytes += s.size;
+  }
+  TierBudgets b = resolveBudgets(c, t.vram, t.ram, shardBytes);
+  std::printf("budgets:      device %s (%s), host %s (%s), disk %s; host headroom %s\n", formatSize(b.device).c_str(),
+              b.deviceGiven ? "--vram" : "default", formatSize(b.host).c_str(), b.hostGiven ? "--ram" : "default",
+              formatSize(b.disk).c_str(), formatSize(hostHeadroom(h)).c_str());
+  if (m) {
+    TierPlan p = planTiers(*m, b.device, b.host, /*check=*/false);
+    std::printf("placement:    %s\n", p.summary().c_str());
+    std::printf("minimum:      device %s with dense weights resident, %s streamed (%s); host %s\n",
+                formatSize(p.deviceMinimumResident).c_str(), formatSize(p.deviceMinimumStreamed).c_str(),
+                p.minimumBreakdown.c_str(), formatSize(p.hostMinimum).c_str());
+    const bool ok = b.device >= p.deviceMinimum && b.host >= p.hostMinimum;
+    std::printf("fits:         %s\n", ok ? "yes" : "no: a budget is below its minimum working set");
+  }
+  return 0;
+}
+
 struct Opts {
   std::string model;
 };
@@ -110,8 +175,12 @@ struct Opts {
 const bool kRegistered = registerCommand(
     {"info", "Print what a model holds (RDRR or Hugging Face directory)", 22, [](CLI::App& sub) -> Runner {
        auto o = std::make_shared<Opts>();
-       sub.add_option("MODEL", o->model, "RDRR directory or Hugging Face directory")->required();
-       return [o] {
+       auto t = std::make_shared<TierInfoOpts>();
+       sub.add_option("MODEL", o->model, "RDRR directory or Hugging Face directory (optional with --tiers)");
+       addTierInfoOptions(sub, *t);
+       return [o, t] {
+         if (t->tiers) return infoTiers(o->model, *t);
+         check(!o->model.empty(), "info: MODEL is required (or give --tiers)");
          if (isRegularFile(joinPath(o->model, kRdrrManifestName))) return infoRdrr(o->model);
          if (isRegularFile(joinPath(o->model, "config.json"))) return infoHf(o->model);
          if (!isDirectory(o->model)) fail("{}: no such model directory", o->model);

@@ -92,6 +92,7 @@ const bool kRegistered = registerCommand(
          std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s | decode: %lld tokens, %.1f tok/s%s\n",
                       (long long)st.promptTokens, st.prefillTokensPerSecond(), (long long)st.generatedTokens,
                       st.decodeTokensPerSecond(), st.stoppedByEos ? " (stopped at end-of-sequence)" : "");
+         reportStats(*engine, o->engine);
          return 0;
        };
      }});

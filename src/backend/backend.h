@@ -50,7 +50,7 @@ class Backend {
 
   // ---- memory ----
   virtual void* allocate(Tier tier, size_t bytes) = 0;
-  virtual void release(Tier tier, void* p, size_t bytes) = 0;
+  virtual void release(Tier tier, void* p, size_t bytes) = 0;  // bytes: as passed to allocate
   virtual void copy(void* dst, Tier dstTier, const void* src, Tier srcTier, size_t bytes) = 0;
 
   // ---- ops ----

@@ -1,26 +1,100 @@
 #include "engine/engine.h"
 
+#include <chrono>
+
 #include "core/thread_pool.h"
 #include "engine/model_source.h"
 #include "loader/rdrr_weights.h"
+#include "loader/tiered_weights.h"
+#include "memory/budget.h"
 
 namespace doppler {
+
+struct ForwardCounters {
+  int64_t tokens = 0, forwards = 0;
+  double seconds = 0;
+};
+
+namespace {
+// Times every forward pass (tokens/s in stats()).
+class TimedModel final : public Model {
+ public:
+  TimedModel(std::unique_ptr<Model> inner, std::shared_ptr<ForwardCounters> c) : inner_(std::move(inner)), c_(c) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  std::vector<KVLayerShape> kvShapes() const override { return inner_->kvShapes(); }
+  void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    inner_->forward(ids, n, pos0, kv, allLogits, logits);
+    c_->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    c_->tokens += n;
+    c_->forwards++;
+  }
+
+ private:
+  std::unique_ptr<Model> inner_;
+  std::shared_ptr<ForwardCounters> c_;
+};
+}  // namespace
 
 Engine::~Engine() = default;
 
 std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOptions& opts) {
   if (opts.threads > 0) ThreadPool::setGlobalThreads(opts.threads);
   std::unique_ptr<Engine> e(new Engine);
+  e->opts_ = opts;
   e->dir_ = resolveModel(modelArg, opts.cacheDir, opts.quiet);
   e->rdrr_ = RdrrModel::open(e->dir_);
   e->backend_ = makeCpuBackend();
-  e->weights_ = std::make_unique<ResidentRdrrWeights>(*e->rdrr_);
-  e->model_ = createModel(e->rdrr_->config(), *e->weights_, *e->backend_);
+  if (opts.vram || opts.ram) {  // paged through budgeted tiers (docs/tiers.md)
+    uint64_t shardBytes = 0;
+    for (const auto& s : e->rdrr_->manifest().shards) shardBytes += s.size;
+    TierBudgets b = resolveBudgets(detectCapabilities(*e->backend_, cacheRoot(opts.cacheDir)), opts.vram, opts.ram,
+                                   shardBytes);
+    TieredOptions to;
+    to.deviceBudget = b.device;
+    to.hostBudget = b.host;
+    to.diskBudget = b.disk;
+    to.prefetch = opts.prefetch;
+    auto t = std::make_unique<TieredWeights>(*e->rdrr_, *e->backend_, to);
+    e->tiered_ = t.get();
+    e->weights_ = std::move(t);
+  } else {
+    e->weights_ = std::make_unique<ResidentRdrrWeights>(*e->rdrr_);
+  }
+  e->speed_ = std::make_shared<ForwardCounters>();
+  e->model_ = std::make_unique<TimedModel>(createModel(e->rdrr_->config(), *e->weights_, *e->backend_), e->speed_);
   return e;
 }
 
 std::unique_ptr<KVCache> Engine::newKVCache(int64_t capacityTokens) {
-  return makeContiguousKVCache(*backend_, model_->kvShapes(), capacityTokens);
+  std::vector<KVLayerShape> shapes = model_->kvShapes();
+  const ModelConfig& cfg = rdrr_->config();
+  for (size_t l = 0; l < shapes.size(); l++)
+    if (l < cfg.layerIsSliding.size() && cfg.layerIsSliding[l]) shapes[l].window = cfg.slidingWindow;
+  PagedKVOptions o;
+  o.blockTokens = opts_.kvBlock;
+  o.deviceBytes = opts_.kvVram;
+  o.hostBytes = opts_.kvRam;
+  o.dtype = opts_.kvDtype;
+  o.compress = opts_.kvCompress;
+  return makePagedKVCache(*backend_, shapes, capacityTokens, o, kvStats_);
+}
+
+nlohmann::json Engine::stats() const {
+  nlohmann::json j = nlohmann::json::object();
+  // Weights: tiers, prefetch, stall time, placement (docs/tiers.md).
+  if (tiered_) {
+    j = tiered_->stats();
+    j["weights"] = "tiered";
+  } else {
+    j["weights"] = "resident";  // mmapped, no paging: no tier counters
+  }
+  j["tokens"] = speed_->tokens;
+  j["forward_seconds"] = speed_->seconds;
+  j["tokens_per_second"] = speed_->seconds > 0 ? double(speed_->tokens) / speed_->seconds : 0.0;
+  // KV cache (docs/kv-cache.md).
+  j["kv"] = kvStatsJson(*kvStats_);
+  return j;
 }
 
 }  // namespace doppler

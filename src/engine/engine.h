@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "backend/backend.h"
@@ -18,7 +19,23 @@ struct EngineOptions {
   std::string cacheDir;  // "" = default cache root (engine/model_source.h)
   int threads = 0;       // 0 = one per core
   bool quiet = false;    // no progress lines on stderr
+  // KV cache (issue #7, docs/kv-cache.md): paged blocks, device budget, spill to host, compression.
+  uint64_t kvVram = kKVUnlimited;          // --kv-vram: device-tier bytes for KV blocks
+  uint64_t kvRam = kKVUnlimited;           // --kv-ram: host-tier bytes for spilled KV blocks (0 = no spill)
+  KVDType kvDtype = KVDType::F32;          // --kv-dtype
+  KVCompress kvCompress = KVCompress::All; // --kv-compress
+  int64_t kvBlock = 16;                    // --kv-block: tokens per KV block
+  // Weight tiers (issue #4, docs/tiers.md). With neither budget every weight stays resident (mmap), no paging;
+  // with either, weights are paged through budgeted tiers (the other budget defaults from detected capacity).
+  std::optional<uint64_t> vram;            // --vram: bytes of weights in the device tier
+  std::optional<uint64_t> ram;             // --ram: bytes of weights in the host tier
+  bool prefetch = true;                    // asynchronous loads of needed/predicted experts and the next layer
+  bool printStats = false;                 // --stats: print the run statistics (stderr) after the command
+  std::string statsJson;                   // --stats-json PATH: write them as JSON
 };
+
+class TieredWeights;
+struct ForwardCounters;
 
 class Engine {
  public:
@@ -31,7 +48,14 @@ class Engine {
   const ModelConfig& config() const { return rdrr_->config(); }
   Model& model() { return *model_; }
   Backend& backend() { return *backend_; }
+  // A paged KV cache with the options' budgets; its counters add up in stats()["kv"].
   std::unique_ptr<KVCache> newKVCache(int64_t capacityTokens);
+  // Run statistics: "tiers" {device, host, disk}, "prefetch", "stall_seconds", "placement", "weights",
+  // "tokens", "forward_seconds", "tokens_per_second" (docs/tiers.md), "kv" (kvStatsJson: blocks/tokens/bytes per
+  // tier, spill counters).
+  nlohmann::json stats() const;
+  // The tiered weight provider, nullptr when weights are resident (no budgets given).
+  TieredWeights* tiers() const { return tiered_; }
 
  private:
   Engine() = default;
@@ -40,6 +64,10 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<WeightProvider> weights_;
   std::unique_ptr<Model> model_;
+  EngineOptions opts_;
+  std::shared_ptr<KVStats> kvStats_ = std::make_shared<KVStats>();
+  TieredWeights* tiered_ = nullptr;          // weights_ when it is tiered
+  std::shared_ptr<ForwardCounters> speed_;  // tokens and seconds spent in Model::forward
 };
 
 }  // namespace doppler

@@ -29,9 +29,13 @@ WeightView DecoderModel::loadMatrix(const std::string& name, int64_t rows, int64
 }
 
 ParamVec DecoderModel::loadParams(const std::string& name, int64_t size, bool optional) {
+  if (optional && !weights_.has(name)) return ParamVec{};
+  return paramsOf(weights_.tensor(name), name, size);
+}
+
+ParamVec DecoderModel::paramsOf(const WeightView& w, const std::string& name, int64_t size) {
   ParamVec p;
-  if (optional && !weights_.has(name)) return p;
-  WeightView w = weights_.tensor(name);
+  check(w.data != nullptr, "tensor {}: no data", name);
   check(w.numel() == size, "tensor {}: {} elements (shape {}), expected {}", name, w.numel(), shapeString(w.shape),
         size);
   check(isFloat(w.dtype), "tensor {}: dtype {} is not a float type", name, dtypeName(w.dtype));
@@ -109,6 +113,10 @@ void DecoderModel::loadMoe(int l, MoeWeights& w) {
     w.downBiasName.push_back(ep + "down.bias");
     check(weights_.has(w.gateName.back()) && weights_.has(w.upName.back()) && weights_.has(w.downName.back()),
           "layer {}: expert {} is missing (expected {}{{gate,up,down}}.weight)", l, e, ep);
+    const bool bias = weights_.has(w.gateBiasName.back());
+    if (e == 0) w.expertBias = bias;
+    check(bias == w.expertBias, "layer {}: expert {} {} biases while expert 0 {}", l, e, bias ? "has" : "lacks",
+          w.expertBias ? "has them" : "does not");
   }
 }
 
@@ -185,23 +193,83 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   for (int64_t t = 0; t < n; t++)
     for (int64_t j = 0; j < K; j++) byExpert[size_t(idx[size_t(t * K + j)])].emplace_back(t, wt[size_t(t * K + j)]);
 
+  // The experts this step runs, in order: the tier manager loads them in this order while earlier ones compute
+  // (and, with paging, predicts the next layer's experts so that their loads overlap this layer's compute).
+  std::vector<int64_t> used;
+  for (int64_t e = 0; e < E; e++)
+    if (!byExpert[size_t(e)].empty()) used.push_back(e);
+  weights_.prefetchExperts(l, used, PrefetchHint::Needed);
+  if (weights_.wantsExpertPredictions()) predictNextExperts(l, a);
+
   std::fill(a.out.data(), a.out.data() + n * hid, 0.0f);
   DeviceArray xe(backend_, size_t(n * hid)), ye(backend_, size_t(n * hid));  // [ne, hidden]
-  for (int64_t e = 0; e < E; e++) {
+  for (int64_t e : used) {
     const auto& toks = byExpert[size_t(e)];
-    if (toks.empty()) continue;
     const int64_t ne = int64_t(toks.size());
     for (int64_t i = 0; i < ne; i++)
       backend_.copy(xe.data() + i * hid, Tier::Device, a.h.data() + toks[size_t(i)].first * hid, Tier::Device,
                     size_t(hid) * sizeof(float));
+    ExpertLease ex = weights_.acquireExpert(l, int(e));  // pinned in the device tier until the end of this iteration
     FfnWeights fw;
-    fw.gate = weights_.tensor(w.gateName[size_t(e)]);
-    fw.up = weights_.tensor(w.upName[size_t(e)]);
-    fw.down = weights_.tensor(w.downName[size_t(e)]);
-    denseFfn(fw, xe.data(), ne, ye.data());
+    fw.gate = ex.gate;
+    fw.up = ex.up;
+    fw.down = ex.down;
+    ParamVec gb, ub, db;  // [I], [I], [hidden] expert biases (gpt_oss), f32
+    if (w.expertBias) {
+      gb = paramsOf(ex.gateBias, w.gateBiasName[size_t(e)], fw.gate.rows());
+      ub = paramsOf(ex.upBias, w.upBiasName[size_t(e)], fw.up.rows());
+      db = paramsOf(ex.downBias, w.downBiasName[size_t(e)], hid);
+    }
+    denseFfn(fw, xe.data(), ne, ye.data(), gb.ptr(), ub.ptr(), db.ptr());
     for (int64_t i = 0; i < ne; i++)
       backend_.axpy(toks[size_t(i)].second, ye.data() + i * hid, hid, a.out.data() + toks[size_t(i)].first * hid);
   }
+}
+
+void DecoderModel::predictNextExperts(int l, const Activations& a) {
+  const int next = l + 1;
+  if (next >= int(cfg_.numLayers) || size_t(next) >= layers_.size() || !layers_[size_t(next)].moe) return;
+  const MoeWeights& w = layers_[size_t(next)].experts;
+  if (!w.router.data) return;
+  // Layer l+1's router on layer l's normed post-attention hidden state: a cheap guess of its experts.
+  const int64_t n = a.n, E = cfg_.numExperts, K = cfg_.topK;
+  DeviceArray logitsDev(backend_, size_t(n * E));  // [n, E]
+  backend_.matmul(a.h.data(), n, w.router, w.routerBias.ptr(), logitsDev.data());
+  std::vector<float> logits(static_cast<size_t>(n * E));
+  backend_.copy(logits.data(), Tier::Host, logitsDev.data(), Tier::Device, logits.size() * sizeof(float));
+  std::vector<float> scoreBias;
+  if (w.scoreBias.ptr()) {
+    scoreBias.resize(size_t(E));
+    backend_.copy(scoreBias.data(), Tier::Host, w.scoreBias.ptr(), Tier::Device, size_t(E) * sizeof(float));
+  }
+  std::vector<int64_t> idx(static_cast<size_t>(K));
+  std::vector<float> wt(static_cast<size_t>(K));
+  std::vector<bool> hit(static_cast<size_t>(E), false);
+  for (int64_t t = 0; t < n; t++) {
+    routeTopK(cfg_, logits.data() + t * E, scoreBias.empty() ? nullptr : scoreBias.data(), idx.data(), wt.data());
+    for (int64_t e : idx) hit[size_t(e)] = true;
+  }
+  std::vector<int64_t> predicted;
+  for (int64_t e = 0; e < E; e++)
+    if (hit[size_t(e)]) predicted.push_back(e);
+  weights_.prefetchExperts(next, predicted, PrefetchHint::Predicted);
+}
+
+void DecoderModel::bindLayer(int l, const LayerLease& lease) {
+  auto& w = layers_[size_t(l)];
+  const std::string p = fmt::format("layers.{}.", l);
+  // Views the provider gave without data (streamed); resident ones (routers, ...) keep theirs.
+  auto bind = [&](WeightView& v, const std::string& name) {
+    if (!v.data && !v.shape.empty()) lease.bind(v, name);
+  };
+  bind(w.attn.q, p + "attn.q.weight");
+  bind(w.attn.k, p + "attn.k.weight");
+  bind(w.attn.v, p + "attn.v.weight");
+  bind(w.attn.o, p + "attn.o.weight");
+  bind(w.ffn.gate, p + "ffn.gate.weight");
+  bind(w.ffn.up, p + "ffn.up.weight");
+  bind(w.ffn.down, p + "ffn.down.weight");
+  bind(w.experts.router, p + "router.weight");
 }
 
 // ---------------------------------------------------------------- layers and forward
@@ -246,7 +314,15 @@ void DecoderModel::forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache&
   a.h = DeviceArray(backend_, size_t(n * hid));
   a.out = DeviceArray(backend_, size_t(n * hid));
   backend_.embed(embed_, ids, n, a.x.data());
-  for (int l = 0; l < int(cfg_.numLayers); l++) layer(l, a, kv);
+  for (int l = 0; l < int(cfg_.numLayers); l++) {
+    LayerLease lease = weights_.acquireLayer(l);  // streamed layers: pinned in the device tier while l runs
+    if (lease.streamed()) {
+      weights_.prefetchLayer(l + 1 < int(cfg_.numLayers) ? l + 1 : 0);  // its copy overlaps this layer's compute
+      bindLayer(l, lease);
+      lease.checkAllBound();
+    }
+    layer(l, a, kv);
+  }
   const int64_t rows = allLogits ? n : 1;
   const float* last = a.x.data() + (n - rows) * hid;
   norm(last, rows, outNorm_, outNormBias_, a.h.data());

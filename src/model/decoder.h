@@ -33,6 +33,7 @@ struct MoeWeights {
   ParamVec scoreBias;             // [E] optional (deepseek e_score_correction_bias)
   std::vector<std::string> gateName, upName, downName;  // per expert, fetched through the provider per use
   std::vector<std::string> gateBiasName, upBiasName, downBiasName;  // per expert, optional (gpt_oss)
+  bool expertBias = false;        // the experts have gate/up/down biases (fetched with the expert per use)
 };
 
 struct LayerWeights {
@@ -71,6 +72,7 @@ class DecoderModel : public Model {
   // ---- loading helpers (every load checks dtype and shape against the config) ----
   WeightView loadMatrix(const std::string& name, int64_t rows, int64_t cols);
   ParamVec loadParams(const std::string& name, int64_t size, bool optional = false);
+  ParamVec paramsOf(const WeightView& w, const std::string& name, int64_t size);  // f32 copy of a float vector
   void loadNorms(int l, LayerWeights& w);                    // attn_norm / ffn_norm (+ biases for LayerNorm)
   void loadAttention(int l, AttentionWeights& w);            // q/k/v/o (+ biases, q/k norm, sinks per config)
   void loadDenseFfn(const std::string& prefix, int64_t inter, FfnWeights& w);  // prefix.{gate,up,down}.weight
@@ -84,8 +86,16 @@ class DecoderModel : public Model {
   // out = down(act(gate(h)) * up(h)) for n rows
   void denseFfn(const FfnWeights& w, const float* h, int64_t n, float* out, const float* gateBias = nullptr,
                 const float* upBias = nullptr, const float* downBias = nullptr);
-  // a.out = Σ_k weight_k · expert_k(a.h) with the config's routing
+  // a.out = Σ_k weight_k · expert_k(a.h) with the config's routing. Experts are acquired one at a time through
+  // WeightProvider::acquireExpert (paging-aware: pinned while they compute).
   void moeBlock(int l, const MoeWeights& w, Activations& a);
+  // Prefetch hint: layer l+1's router applied to a.h (layer l's normed post-attention state) -> its likely experts.
+  void predictNextExperts(int l, const Activations& a);
+  // Layer streaming (tiered weights, docs/tiers.md): before layer l runs, points its matrices (views that
+  // tensor() gave with data == nullptr) at the device copies `lease` pins. The default binds the standard
+  // fields (attention q/k/v/o, dense FFN gate/up/down, router); an architecture keeping matrices elsewhere
+  // overrides it, calls the base and binds its own with lease.bind(view, name).
+  virtual void bindLayer(int l, const LayerLease& lease);
   // x += y
   void residual(Activations& a) { backend_.axpy(1.0f, a.out.data(), a.n * cfg_.hiddenSize, a.x.data()); }
 

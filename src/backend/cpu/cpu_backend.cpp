@@ -7,8 +7,11 @@
 #include <cstring>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "backend/backend.h"
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/mxfp4.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -29,16 +32,32 @@ class CpuBackend final : public Backend {
  public:
   std::string name() const override { return std::string("cpu (") + cpu::matmulKernelName() + ")"; }
 
+  // Buffers of 1 MiB and more are mapped and unmapped directly, so that memory a tier releases goes back to
+  // the system at once (malloc keeps freed large chunks in its arenas once its mmap threshold has grown, and
+  // the process's RSS would then exceed the tier budgets). Smaller ones come from malloc.
+  static constexpr size_t kMapThreshold = size_t(1) << 20;
   void* allocate(Tier tier, size_t bytes) override {
     size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
+    void* p = nullptr;
+    if (rounded >= kMapThreshold) {
+      p = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) p = nullptr;
+    } else {
+      p = std::aligned_alloc(64, rounded);
+    }
     if (!p) fail("out of host memory allocating {} bytes for the {} tier", bytes, tierName(tier));
     return p;
   }
-  void release(Tier, void* p, size_t) override { std::free(p); }
+  void release(Tier, void* p, size_t bytes) override {
+    if (!p) return;
+    size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    if (rounded >= kMapThreshold) ::munmap(p, rounded);
+    else std::free(p);
+  }
   void copy(void* dst, Tier, const void* src, Tier, size_t bytes) override { std::memcpy(dst, src, bytes); }
 
   void matmul(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) override {
+    if (w.dtype == DType::MXFP4) return cpu::matmulMxfp4(x, n, w, bias, y, pool_);  // dequantised in the kernel
     cpu::matmul(x, n, w, bias, y, pool_);
   }
 

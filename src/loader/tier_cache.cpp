@@ -1,0 +1,489 @@
+#include "loader/tier_cache.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/size.h"
+
+namespace doppler {
+
+namespace {
+constexpr double kKeep = 1e300;     // eviction value of the next streamed layer
+constexpr double kPending = 1e200;  // added to a pending prefetch's value (a demand's last resort)
+}  // namespace
+
+TierCache::TierCache(const RdrrModel& model, Backend& backend, const TierPlan& plan, uint64_t deviceBudget,
+                     uint64_t hostBudget, const TierCacheOptions& opts)
+    : model_(model),
+      backend_(backend),
+      plan_(plan),
+      opts_(opts),
+      device_(backend, Tier::Device, deviceBudget),
+      host_(backend, Tier::Host, hostBudget),
+      halfLife_(opts.halfLifeSteps > 0 ? opts.halfLifeSteps : 4.0 * std::max(1, plan.numLayers)),
+      st_(plan.units.size()) {
+  try {
+    for (size_t u = 0; u < plan_.units.size(); u++)
+      if (plan_.resident[u]) loadResident(int(u));
+  } catch (...) {
+    for (size_t u = 0; u < st_.size(); u++)
+      if (st_[u].dev) device_.release(st_[u].dev, plan_.units[u].bytes);
+    throw;
+  }
+  loader_ = std::thread([this] { loaderMain(); });
+}
+
+TierCache::~TierCache() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (loader_.joinable()) loader_.join();
+  for (size_t u = 0; u < st_.size(); u++) {
+    if (st_[u].dev) device_.release(st_[u].dev, plan_.units[u].bytes);
+    if (st_[u].host) host_.release(st_[u].host, plan_.units[u].bytes);
+  }
+}
+
+void TierCache::loadResident(int u) {
+  const Unit& un = plan_.units[size_t(u)];
+  auto* dev = static_cast<uint8_t*>(device_.tryAllocate(un.bytes));
+  check(dev != nullptr, "device tier: resident {} ({}) does not fit: {} of the {} budget in use", un.label,
+        formatSize(un.bytes), formatSize(device_.inUse()), formatSize(device_.budget()));
+  st_[size_t(u)].dev = dev;
+  // Stage through host RAM in chunks (the host budget may be far smaller than an embedding table).
+  uint64_t maxRead = 0;
+  for (const auto& r : un.reads) maxRead = std::max(maxRead, r.size);
+  const uint64_t chunk = std::max<uint64_t>(1, std::min({opts_.stagingBytes, host_.budget(), maxRead}));
+  auto* staging = maxRead ? static_cast<uint8_t*>(host_.tryAllocate(chunk)) : nullptr;
+  check(maxRead == 0 || staging != nullptr, "host tier: no room for a {} staging buffer ({} of the {} budget in use)",
+        formatSize(chunk), formatSize(host_.inUse()), formatSize(host_.budget()));
+  try {
+    for (const auto& r : un.reads) {
+      for (uint64_t off = 0; off < r.size; off += chunk) {
+        const uint64_t n = std::min(chunk, r.size - off);
+        model_.readRange(r.shard, r.fileOffset + off, n, staging);
+        backend_.copy(dev + r.unitOffset + off, Tier::Device, staging, Tier::Host, n);
+      }
+    }
+  } catch (...) {
+    host_.release(staging, chunk);
+    throw;
+  }
+  host_.release(staging, chunk);
+  for (const auto& g : un.gathers)
+    for (uint64_t r = 0; r < g.rows; r++)
+      backend_.copy(dev + g.dst + r * g.dstStride, Tier::Device, dev + g.src + r * g.srcStride, Tier::Device,
+                    g.rowBytes);
+  st_[size_t(u)].devReady = true;
+  stats_.device.bytesIn += un.bytes;
+  stats_.host.bytesIn += un.readBytes;
+  stats_.host.bytesOut += un.readBytes;
+  stats_.disk.bytesOut += un.readBytes;
+}
+
+const uint8_t* TierCache::residentData(int unit) const {
+  if (unit < 0 || size_t(unit) >= st_.size() || !plan_.resident[size_t(unit)]) return nullptr;
+  return st_[size_t(unit)].dev;
+}
+
+// ---------------------------------------------------------------- values and victims
+
+double TierCache::value(int u) const {
+  const State& s = st_[size_t(u)];
+  return s.freq * std::exp2(-double(clock_ - s.last) / halfLife_);
+}
+
+double TierCache::evictionValue(int u) const {
+  const Unit& un = plan_.units[size_t(u)];
+  if (un.kind == UnitKind::Dense) {
+    // Streamed layers are used once per pass: the one whose next use is farthest goes first; the next one stays.
+    const int L = std::max(1, plan_.numLayers);
+    const int d = ((un.layer - std::max(curLayer_, 0) - 1) % L + L) % L + 1;  // 1 = the next layer
+    return d == 1 ? kKeep : -double(d);
+  }
+  return value(u);
+}
+
+int64_t TierCache::stepOf(int layer) const {
+  const int64_t L = std::max(1, plan_.numLayers);
+  return (layer >= curLayer_ ? pass_ : pass_ + 1) * L + layer;
+}
+
+int TierCache::deviceVictim(int u, bool demand, PrefetchHint hint) const {
+  int best = -1;
+  double bestKey = 0;
+  const double limit = hint == PrefetchHint::Predicted ? value(u) + 1.0 : INFINITY;
+  for (int v : onDevice_) {
+    const State& s = st_[size_t(v)];
+    if (v == u || s.pins > 0 || s.waiters > 0) continue;
+    double key = evictionValue(v);
+    if (s.prefetched) {
+      if (!demand) continue;  // a prefetch never evicts another pending prefetch
+      key += kPending;
+    }
+    if (!demand && plan_.units[size_t(v)].kind == UnitKind::Expert && key >= limit) continue;
+    if (best < 0 || key < bestKey || (key == bestKey && s.last < st_[size_t(best)].last)) {
+      best = v;
+      bestKey = key;
+    }
+  }
+  return best;
+}
+
+int TierCache::hostVictim(int u) const {
+  // Keep streamed dense layers in host RAM before experts; among the rest drop host copies of units that are in
+  // the device tier first (they are served from there), then the least valuable.
+  int best = -1;
+  std::tuple<int, int, double> bestKey{};
+  for (int v : onHost_) {
+    if (v == u) continue;
+    const State& s = st_[size_t(v)];
+    std::tuple<int, int, double> key{plan_.units[size_t(v)].kind == UnitKind::Dense ? 1 : 0, s.devReady ? 0 : 1,
+                                     evictionValue(v)};
+    if (best < 0 || key < bestKey) {
+      best = v;
+      bestKey = key;
+    }
+  }
+  return best;
+}
+
+void TierCache::evictDevice(int v) {
+  State& s = st_[size_t(v)];
+  device_.release(s.dev, plan_.units[size_t(v)].bytes);
+  s.dev = nullptr;
+  s.devReady = false;
+  onDevice_.erase(v);
+  stats_.device.evictions++;
+  if (s.prefetched) {
+    s.prefetched = false;
+    stats_.prefetch.wasted++;
+  }
+}
+
+void TierCache::evictHost(int v) {
+  State& s = st_[size_t(v)];
+  host_.release(s.host, plan_.units[size_t(v)].bytes);
+  s.host = nullptr;
+  onHost_.erase(v);
+  stats_.host.evictions++;
+}
+
+// ---------------------------------------------------------------- compute-thread side
+
+void TierCache::advance(int layer) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (layer == curLayer_) return;
+  if (layer < curLayer_) pass_++;
+  curLayer_ = layer;
+  clock_++;
+  const int64_t now = currentStep();
+  for (int v : onDevice_) {
+    State& s = st_[size_t(v)];
+    if (s.prefetched && s.prefetchStep < now) {  // its layer ran without it
+      s.prefetched = false;
+      stats_.prefetch.wasted++;
+    }
+  }
+  dropStaleLocked();
+  cv_.notify_all();
+}
+
+void TierCache::dropStaleLocked() {
+  const int64_t now = currentStep();
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    const State& s = st_[size_t(it->unit)];
+    if (s.devReady || s.devLoading) {
+      it = queue_.erase(it);
+    } else if (it->step < now) {
+      stats_.prefetch.dropped++;
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+const uint8_t* TierCache::acquire(int u) {
+  check(u >= 0 && size_t(u) < st_.size(), "tier cache: unit {} out of range", u);
+  std::unique_lock<std::mutex> lk(mu_);
+  State& s = st_[size_t(u)];
+  if (plan_.resident[size_t(u)]) return s.dev;
+  s.freq = value(u) + 1.0;
+  s.last = clock_;
+  s.uses++;
+  if (s.devReady) {
+    stats_.device.hits++;
+  } else {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (s.devLoading) {
+      stats_.device.hits++;  // on its way already (a prefetch)
+      if (s.prefetched) stats_.prefetch.late++;
+    } else {
+      stats_.device.misses++;
+      s.error = nullptr;
+    }
+    s.waiters++;
+    for (;;) {
+      if (s.devReady) break;
+      if (s.error) {
+        s.waiters--;
+        auto e = std::exchange(s.error, nullptr);
+        std::rethrow_exception(e);
+      }
+      if (!s.devLoading && std::find(demand_.begin(), demand_.end(), u) == demand_.end()) {
+        demand_.push_back(u);
+        cv_.notify_all();
+      }
+      readyCv_.wait(lk);
+    }
+    s.waiters--;
+    stats_.stallSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  if (s.prefetched) {
+    s.prefetched = false;
+    stats_.prefetch.used++;
+  }
+  s.pins++;
+  return s.dev;
+}
+
+void TierCache::release(int u) {
+  std::lock_guard<std::mutex> lk(mu_);
+  State& s = st_[size_t(u)];
+  if (plan_.resident[size_t(u)]) return;
+  if (s.pins > 0 && --s.pins == 0) cv_.notify_all();
+}
+
+void TierCache::prefetch(std::span<const int> units, PrefetchHint hint, int layer) {
+  if (!opts_.prefetch || units.empty()) return;
+  std::lock_guard<std::mutex> lk(mu_);
+  const int64_t step = stepOf(layer);
+  auto wanted = [&](int u) {
+    const State& s = st_[size_t(u)];
+    return !plan_.resident[size_t(u)] && !s.devReady && !s.devLoading;
+  };
+  if (hint == PrefetchHint::Needed) {
+    // What `layer` needs is known now: queued guesses for it (and older ones) give way, and these go first.
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (it->step <= step && plan_.units[size_t(it->unit)].kind == UnitKind::Expert) {
+        if (it->hint == PrefetchHint::Predicted) stats_.prefetch.dropped++;
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::vector<Request> front;
+    for (int u : units)
+      if (wanted(u)) front.push_back({u, hint, step});
+    queue_.insert(queue_.begin(), front.begin(), front.end());
+  } else {
+    for (int u : units) {
+      if (!wanted(u)) continue;
+      bool queued = std::any_of(queue_.begin(), queue_.end(), [&](const Request& r) { return r.unit == u; });
+      if (!queued) queue_.push_back({u, hint, step});
+    }
+  }
+  cv_.notify_all();
+}
+
+void TierCache::prefetchLayerUnit(int u, int layer) {
+  if (!opts_.prefetch) return;
+  std::lock_guard<std::mutex> lk(mu_);
+  const State& s = st_[size_t(u)];
+  if (plan_.resident[size_t(u)] || s.devReady || s.devLoading) return;
+  if (std::any_of(queue_.begin(), queue_.end(), [&](const Request& r) { return r.unit == u; })) return;
+  queue_.push_back({u, PrefetchHint::Needed, stepOf(layer)});
+  cv_.notify_all();
+}
+
+void TierCache::recordPrediction(uint64_t predicted, uint64_t correct, uint64_t actual) {
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.prefetch.predicted += predicted;
+  stats_.prefetch.predictedCorrect += correct;
+  stats_.prefetch.actual += actual;
+}
+
+// ---------------------------------------------------------------- loader thread
+
+void TierCache::loaderMain() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    if (stop_) return;
+    int u = -1;
+    bool demand = false;
+    Request req{-1, PrefetchHint::Needed, 0};
+    if (!demand_.empty()) {
+      u = demand_.front();
+      demand = true;
+    } else {
+      dropStaleLocked();
+      if (!queue_.empty()) {
+        req = queue_.front();
+        u = req.unit;
+      }
+    }
+    if (u < 0) {
+      cv_.wait(lk);
+      continue;
+    }
+    State& s = st_[size_t(u)];
+    if (s.devReady || s.devLoading) {
+      if (demand) demand_.pop_front();
+      else queue_.pop_front();
+      continue;
+    }
+    const Unit& un = plan_.units[size_t(u)];
+    void* p = nullptr;
+    while (!(p = device_.tryAllocate(un.bytes))) {
+      int v = deviceVictim(u, demand, req.hint);
+      if (v < 0) break;
+      evictDevice(v);
+    }
+    if (!p) {
+      if (demand) {
+        demand_.pop_front();
+        s.error = std::make_exception_ptr(Error(fmt::format(
+            "device tier: no room for {} ({}): {} of the {} budget is pinned or loading", un.label,
+            formatSize(un.bytes), formatSize(device_.inUse()), formatSize(device_.budget()))));
+        readyCv_.notify_all();
+      } else if (req.hint == PrefetchHint::Predicted) {
+        queue_.pop_front();
+        stats_.prefetch.dropped++;
+      } else {
+        cv_.wait(lk);  // a needed unit waits for room: a release, an advance or a demand wakes us
+      }
+      continue;
+    }
+    if (demand) {
+      demand_.pop_front();
+    } else {
+      queue_.pop_front();
+      stats_.prefetch.issued++;
+      s.prefetched = true;
+      s.prefetchStep = req.step;
+    }
+    s.dev = static_cast<uint8_t*>(p);
+    s.devLoading = true;
+    try {
+      loadLocked(lk, u);
+    } catch (...) {
+      device_.release(s.dev, un.bytes);
+      s.dev = nullptr;
+      s.devLoading = false;
+      s.prefetched = false;
+      s.error = std::current_exception();
+      readyCv_.notify_all();
+      continue;
+    }
+    s.devLoading = false;
+    s.devReady = true;
+    onDevice_.insert(u);
+    if (s.prefetched && s.prefetchStep < currentStep()) {
+      s.prefetched = false;
+      stats_.prefetch.wasted++;
+    }
+    readyCv_.notify_all();
+  }
+}
+
+void TierCache::loadLocked(std::unique_lock<std::mutex>& lk, int u) {
+  State& s = st_[size_t(u)];
+  const Unit& un = plan_.units[size_t(u)];
+  if (s.host) {
+    stats_.host.hits++;
+  } else {
+    stats_.host.misses++;
+    void* h;
+    while (!(h = host_.tryAllocate(un.bytes))) {
+      int v = hostVictim(u);
+      if (v < 0)
+        fail("host tier: no room for {} ({}): {} of the {} budget in use", un.label, formatSize(un.bytes),
+             formatSize(host_.inUse()), formatSize(host_.budget()));
+      evictHost(v);
+    }
+    s.host = static_cast<uint8_t*>(h);
+    lk.unlock();
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      readUnit(model_, un, s.host);
+    } catch (...) {
+      lk.lock();
+      host_.release(s.host, un.bytes);
+      s.host = nullptr;
+      throw;
+    }
+    lk.lock();
+    stats_.readSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.readBytes += un.readBytes;
+    onHost_.insert(u);
+    stats_.disk.hits++;
+    stats_.disk.bytesOut += un.readBytes;
+    stats_.host.bytesIn += un.readBytes;
+  }
+  stats_.host.bytesOut += un.bytes;
+  uint8_t* dst = s.dev;
+  const uint8_t* src = s.host;
+  lk.unlock();
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    backend_.copy(dst, Tier::Device, src, Tier::Host, un.bytes);
+  } catch (...) {
+    lk.lock();
+    throw;
+  }
+  lk.lock();
+  stats_.copySeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stats_.copyBytes += un.bytes;
+  stats_.device.bytesIn += un.bytes;
+}
+
+// ---------------------------------------------------------------- stats
+
+TierCacheStats TierCache::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  TierCacheStats r = stats_;
+  r.device.budgetBytes = device_.budget();
+  r.device.peakBytes = device_.peak();
+  r.device.residentBytes = device_.inUse();
+  r.host.budgetBytes = host_.budget();
+  r.host.peakBytes = host_.peak();
+  r.host.residentBytes = host_.inUse();
+  uint64_t shards = 0;
+  for (const auto& sh : model_.manifest().shards) shards += sh.size;
+  r.disk.budgetBytes = opts_.diskBudget;
+  r.disk.peakBytes = shards;
+  r.disk.residentBytes = shards;
+  r.disk.hits = stats_.disk.hits;
+  r.prefetch.pending = 0;
+  for (const auto& s : st_) r.prefetch.pending += s.prefetched ? 1 : 0;
+  r.deviceUnits = onDevice_.size();
+  r.hostUnits = onHost_.size();
+  return r;
+}
+
+std::vector<uint64_t> TierCache::useCounts() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<uint64_t> r;
+  for (const auto& s : st_) r.push_back(s.uses);
+  return r;
+}
+
+bool TierCache::deviceResident(int unit) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return st_[size_t(unit)].devReady;
+}
+bool TierCache::hostResident(int unit) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return st_[size_t(unit)].host != nullptr;
+}
+int TierCache::pins(int unit) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return st_[size_t(unit)].pins;
+}
+
+}  // namespace doppler

@@ -1,0 +1,146 @@
+// The tier cache: where every unit of a planned model lives (device tier, host tier, disk), the loader thread
+// that moves units disk -> host -> device, pinning, eviction and the prefetch queue. docs/tiers.md describes
+// the policy; in short:
+//   - resident units are loaded into the device tier at construction (staged through host RAM in chunks) and
+//     never move;
+//   - a paged unit is acquired (pinned) by the compute thread; a unit not in the device tier is loaded on
+//     demand (a miss: the compute thread stalls) or ahead of time by a prefetch;
+//   - every load goes disk -> host pool (one pread per stored piece: one contiguous read for an expert) -> device
+//     pool (one Backend::copy). The host tier keeps what it read (inclusive), so a later device miss may hit
+//     in host RAM;
+//   - eviction never touches a pinned unit or a unit being loaded. A unit's value is its exponentially decayed
+//     activation count: v = f * 2^(-(now - last) / halfLife), with f = v + 1 on each use and time counted in
+//     layer steps (recency and frequency mixed, not LRU). The least valuable unpinned unit goes first;
+//     streamed dense layers go by distance to their next use (the next layer is kept);
+//   - a prefetched unit is "pending" until the layer it was fetched for runs: used if acquired, wasted if not.
+//     A prefetch never evicts a pending unit, and a predicted (speculative) one never evicts a more valuable
+//     unit; it is dropped instead.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <set>
+#include <span>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "backend/backend.h"
+#include "format/rdrr_reader.h"
+#include "loader/placement.h"
+#include "loader/weights.h"
+#include "memory/pool.h"
+#include "memory/stats.h"
+
+namespace doppler {
+
+struct TierCacheOptions {
+  bool prefetch = true;            // false: prefetch() calls are ignored (pure demand paging)
+  double halfLifeSteps = 0;        // value half-life in layer steps; 0 = 4 * numLayers (about four tokens)
+  uint64_t stagingBytes = uint64_t(16) << 20;  // chunk for staging resident units through host RAM
+  uint64_t diskBudget = 0;         // reported as the disk tier's budget
+};
+
+struct TierCacheStats {
+  TierStats device, host, disk;
+  PrefetchStats prefetch;
+  double stallSeconds = 0;         // compute thread waiting for loads
+  double copySeconds = 0;          // loader thread in host -> device copies of paged units
+  double readSeconds = 0;          // loader thread in disk -> host reads of paged units
+  uint64_t copyBytes = 0, readBytes = 0;  // the bytes those copies and reads moved
+  uint64_t deviceUnits = 0, hostUnits = 0;  // paged units resident now
+};
+
+class TierCache {
+ public:
+  // Loads the plan's resident units into the device tier. Errors name the unit and tier.
+  TierCache(const RdrrModel& model, Backend& backend, const TierPlan& plan, uint64_t deviceBudget,
+            uint64_t hostBudget, const TierCacheOptions& opts);
+  ~TierCache();
+  TierCache(const TierCache&) = delete;
+  TierCache& operator=(const TierCache&) = delete;
+
+  // Device bytes of a resident unit (nullptr for a paged one).
+  const uint8_t* residentData(int unit) const;
+
+  // The model is now running layer `layer` (a lower layer than the last one starts a new pass). Expires
+  // pending prefetches of passed layers and drops stale queued ones.
+  void advance(int layer);
+  // Pins a paged unit in the device tier, loading it if needed (blocks; the wait counts as stall time).
+  // Returns its device bytes, valid until release().
+  const uint8_t* acquire(int unit);
+  void release(int unit);
+  // Queues loads for `layer`'s units. Needed: goes before queued predictions, in this order; Predicted:
+  // appended, dropped rather than evicting something more valuable.
+  void prefetch(std::span<const int> units, PrefetchHint hint, int layer);
+  // Queues a streamed layer's dense unit for `layer` (appended; may evict like a needed unit).
+  void prefetchLayerUnit(int unit, int layer);
+  // Records the prediction scores (the provider knows which experts were predicted and used).
+  void recordPrediction(uint64_t predicted, uint64_t correct, uint64_t actual);
+
+  TierCacheStats stats() const;
+  // Acquisitions of each unit so far (how skewed the routing is; benchmarks).
+  std::vector<uint64_t> useCounts() const;
+  bool deviceResident(int unit) const;  // for tests
+  bool hostResident(int unit) const;
+  int pins(int unit) const;
+
+ private:
+  struct State {
+    uint8_t* dev = nullptr;
+    uint8_t* host = nullptr;
+    bool devReady = false, devLoading = false;
+    int pins = 0;
+    int waiters = 0;           // compute threads waiting for it (never evicted meanwhile)
+    bool prefetched = false;   // loaded by a prefetch and not used yet
+    int64_t prefetchStep = 0;  // the step it was fetched for
+    double freq = 0;           // decayed activation count at `last`
+    uint64_t last = 0;
+    uint64_t uses = 0;
+    std::exception_ptr error;
+  };
+  struct Request {
+    int unit;
+    PrefetchHint hint;
+    int64_t step;
+  };
+
+  void loadResident(int unit);
+  void loaderMain();
+  // Loads unit u into its device block (s.dev already allocated); unlocks `lk` around I/O and copies.
+  void loadLocked(std::unique_lock<std::mutex>& lk, int u);
+  int deviceVictim(int u, bool demand, PrefetchHint hint) const;
+  int hostVictim(int u) const;
+  void evictDevice(int v);
+  void evictHost(int v);
+  double value(int u) const;          // decayed activation count now
+  double evictionValue(int u) const;  // lower goes first
+  int64_t stepOf(int layer) const;    // the step at which `layer` next runs
+  int64_t currentStep() const { return pass_ * plan_.numLayers + std::max(curLayer_, 0); }
+  void dropStaleLocked();
+
+  const RdrrModel& model_;
+  Backend& backend_;
+  const TierPlan& plan_;
+  TierCacheOptions opts_;
+  TierPool device_, host_;
+  double halfLife_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // loader wake-ups: requests, releases, advances, stop
+  std::condition_variable readyCv_;  // compute thread wake-ups: a unit became ready or failed
+  std::vector<State> st_;
+  std::set<int> onDevice_, onHost_;  // paged units resident in each tier
+  std::deque<int> demand_;
+  std::deque<Request> queue_;        // prefetches
+  int64_t pass_ = 0;
+  int curLayer_ = -1;
+  uint64_t clock_ = 0;               // layer steps
+  bool stop_ = false;
+  TierCacheStats stats_;
+  std::thread loader_;
+};
+
+}  // namespace doppler

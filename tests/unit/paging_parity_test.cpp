@@ -1,0 +1,205 @@
+// Issue #4: paging must not change a single number. The same prefill + decode sequence through the resident
+// provider (mmap) and through tiered weights with tight budgets gives bit-identical logits (memcmp), on the
+// mixtral and qwen3_moe fixtures (experts paged, about 2 experts per layer in the device tier, half of the
+// experts in host RAM) and on llama with its dense layers streamed.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "convert/convert.h"
+#include "core/error.h"
+#include "engine/engine.h"
+#include "loader/placement.h"
+#include "loader/tiered_weights.h"
+#include "test_util.h"
+
+using namespace doppler;
+using doppler::test::TempDir;
+
+namespace {
+
+// The eval sequence: prefill ids[0..P) with all logits, then decode the rest one token at a time.
+std::vector<float> runSequence(Engine& e, const std::vector<int32_t>& ids, int64_t P) {
+  const int64_t V = e.config().vocabSize, N = int64_t(ids.size());
+  auto kv = e.newKVCache(N);
+  std::vector<float> all(static_cast<size_t>(N * V)), one(static_cast<size_t>(V));
+  e.model().forward(ids.data(), P, 0, *kv, true, all.data());
+  for (int64_t i = P; i < N; i++) {
+    e.model().forward(&ids[size_t(i)], 1, i, *kv, false, one.data());
+    std::memcpy(all.data() + i * V, one.data(), size_t(V) * 4);
+  }
+  return all;
+}
+
+std::vector<int32_t> someIds(int64_t vocab, int n, uint32_t seed) {
+  std::vector<int32_t> ids;
+  uint32_t x = seed;
+  for (int i = 0; i < n; i++) {
+    x = x * 1664525u + 1013904223u;
+    ids.push_back(int32_t((x >> 8) % uint32_t(vocab)));
+  }
+  return ids;
+}
+
+struct Sizes {
+  TierPlan plan;  // planned with unlimited budgets: the sizes of every part
+};
+Sizes sizesOf(const std::string& dir) {
+  auto m = RdrrModel::open(dir);
+  return Sizes{planTiers(*m, uint64_t(1) << 50, uint64_t(1) << 50, false)};
+}
+
+std::string convert(const TempDir& tmp, const std::string& arch, Layout layout = Layout::Row) {
+  ConvertOptions o;
+  o.layout = layout;
+  o.sync = false;
+  convertHfToRdrr(test::dataPath("hf/" + arch), tmp / (arch + ".rdrr"), o);
+  return tmp / (arch + ".rdrr");
+}
+
+std::unique_ptr<Engine> openEngine(const std::string& dir, std::optional<uint64_t> vram, std::optional<uint64_t> ram,
+                                   bool prefetch = true) {
+  EngineOptions eo;
+  eo.quiet = true;
+  eo.vram = vram;
+  eo.ram = ram;
+  eo.prefetch = prefetch;
+  return Engine::open(dir, eo);
+}
+
+void expectIdentical(const std::vector<float>& a, const std::vector<float>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  size_t firstDiff = a.size();
+  for (size_t i = 0; i < a.size() && firstDiff == a.size(); i++)
+    if (std::memcmp(&a[i], &b[i], 4) != 0) firstDiff = i;
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0)
+      << "first difference at " << firstDiff << ": " << a[firstDiff] << " vs " << b[firstDiff];
+}
+
+class PagedMoe : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PagedMoe, BitIdenticalToResidentWithTightBudgets) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, GetParam());
+  const Sizes s = sizesOf(dir);
+  const TierPlan& p = s.plan;
+  ASSERT_GT(p.expertCount, 0u);
+  // Device: the resident dense weights + about 2 experts per layer; host: about half of the experts.
+  const uint64_t vram = p.deviceMinimumResident - uint64_t(p.topK) * p.maxExpertBytes +
+                        2 * uint64_t(p.numLayers) * p.maxExpertBytes;
+  const uint64_t ram = p.expertTotalBytes / 2;
+
+  auto resident = openEngine(dir, std::nullopt, std::nullopt);
+  const auto ids = someIds(resident->config().vocabSize, 24, 7);
+  const auto want = runSequence(*resident, ids, 12);
+
+  for (bool prefetch : {true, false}) {
+    SCOPED_TRACE(prefetch ? "prefetch on" : "prefetch off");
+    auto paged = openEngine(dir, vram, ram, prefetch);
+    ASSERT_NE(paged->tiers(), nullptr);
+    EXPECT_FALSE(paged->tiers()->plan().denseStreamed);
+    expectIdentical(runSequence(*paged, ids, 12), want);
+    nlohmann::json st = paged->stats();
+    const auto& dev = st["tiers"]["device"];
+    const auto& host = st["tiers"]["host"];
+    EXPECT_EQ(dev["budget_bytes"].get<uint64_t>(), vram);
+    EXPECT_EQ(host["budget_bytes"].get<uint64_t>(), ram);
+    EXPECT_GT(dev["misses"].get<uint64_t>(), 0u);
+    EXPECT_GT(dev["hits"].get<uint64_t>(), 0u);
+    EXPECT_GT(host["misses"].get<uint64_t>(), 0u);
+    EXPECT_GT(dev["evictions"].get<uint64_t>(), 0u);
+    EXPECT_GT(host["evictions"].get<uint64_t>(), 0u);
+    for (const char* t : {"device", "host", "disk"}) {
+      EXPECT_LE(st["tiers"][t]["peak_bytes"].get<uint64_t>(), st["tiers"][t]["budget_bytes"].get<uint64_t>()) << t;
+      EXPECT_LE(st["tiers"][t]["resident_bytes"].get<uint64_t>(), st["tiers"][t]["peak_bytes"].get<uint64_t>()) << t;
+    }
+    EXPECT_GT(dev["peak_bytes"].get<uint64_t>(), p.residentBytes);  // experts were loaded on top of the resident part
+    // Every byte loaded into the device came out of host RAM, every byte read from disk went into host RAM.
+    EXPECT_EQ(dev["bytes_in"].get<uint64_t>(), host["bytes_out"].get<uint64_t>());
+    EXPECT_EQ(host["bytes_in"].get<uint64_t>(), st["tiers"]["disk"]["bytes_out"].get<uint64_t>());
+    EXPECT_EQ(st["tokens"].get<int64_t>(), 24);
+    if (prefetch) {
+      EXPECT_GT(st["prefetch"]["issued"].get<uint64_t>(), 0u);
+      EXPECT_GT(st["prefetch"]["used"].get<uint64_t>(), 0u);
+      EXPECT_GT(st["prefetch"]["predicted"].get<uint64_t>(), 0u);
+      EXPECT_LE(st["prefetch"]["used"].get<uint64_t>() + st["prefetch"]["wasted"].get<uint64_t>(),
+                st["prefetch"]["issued"].get<uint64_t>());
+    } else {
+      EXPECT_EQ(st["prefetch"]["issued"].get<uint64_t>(), 0u);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, PagedMoe, ::testing::Values("mixtral", "qwen3_moe"));
+
+TEST(PagedDense, LlamaLayersStreamedBitIdentical) {
+  TempDir tmp;
+  for (Layout layout : {Layout::Row, Layout::Column}) {
+    const std::string dir = convert(tmp, layout == Layout::Row ? "llama" : "llama", layout);
+    const TierPlan p = sizesOf(dir).plan;
+    // Below the dense size: room for the resident part and one and a half layers.
+    const uint64_t vram = p.deviceMinimumStreamed + p.maxDenseBytes / 2;
+    ASSERT_LT(vram, p.deviceMinimumResident);
+    auto resident = openEngine(dir, std::nullopt, std::nullopt);
+    const auto ids = someIds(resident->config().vocabSize, 16, 3);
+    const auto want = runSequence(*resident, ids, 9);
+    auto paged = openEngine(dir, vram, p.denseTotalBytes);  // every layer fits in host RAM
+    ASSERT_TRUE(paged->tiers()->plan().denseStreamed);
+    expectIdentical(runSequence(*paged, ids, 9), want);
+    nlohmann::json st = paged->stats();
+    EXPECT_EQ(st["placement"]["dense"], "streamed");
+    EXPECT_LE(st["tiers"]["device"]["peak_bytes"].get<uint64_t>(), vram);
+    // Each layer reaches the device once per forward pass (8 passes x 2 layers), from host RAM after the first.
+    EXPECT_EQ(st["tiers"]["device"]["misses"].get<uint64_t>() + st["tiers"]["device"]["hits"].get<uint64_t>(),
+              8u * uint64_t(p.numLayers));
+    EXPECT_EQ(st["tiers"]["host"]["misses"].get<uint64_t>(), uint64_t(p.numLayers));
+    std::filesystem::remove_all(dir);
+  }
+}
+
+TEST(PagedDense, MoeWithStreamedLayersAndPagedExperts) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, "mixtral");
+  const TierPlan p = sizesOf(dir).plan;
+  // Just below the resident mode's minimum: the dense layers must stream beside the top-2 expert working set.
+  const uint64_t vram = p.deviceMinimumResident - 1;
+  ASSERT_GE(vram, p.deviceMinimumStreamed);
+  auto resident = openEngine(dir, std::nullopt, std::nullopt);
+  const auto ids = someIds(resident->config().vocabSize, 14, 11);
+  const auto want = runSequence(*resident, ids, 6);
+  auto paged = openEngine(dir, vram, p.maxDenseBytes + 2 * p.maxExpertBytes);  // host: barely more than its minimum
+  ASSERT_TRUE(paged->tiers()->plan().denseStreamed);
+  expectIdentical(runSequence(*paged, ids, 6), want);
+  nlohmann::json st = paged->stats();
+  for (const char* t : {"device", "host"})
+    EXPECT_LE(st["tiers"][t]["peak_bytes"].get<uint64_t>(), st["tiers"][t]["budget_bytes"].get<uint64_t>()) << t;
+}
+
+TEST(PagedBudgets, BelowMinimumWorkingSetFailsUpFront) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, "mixtral");
+  const TierPlan p = sizesOf(dir).plan;
+  try {
+    openEngine(dir, p.deviceMinimumStreamed - 1, std::nullopt);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("--vram"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(std::to_string(p.deviceMinimumStreamed) + " bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("top-2 experts"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  }
+  try {
+    openEngine(dir, std::nullopt, p.maxExpertBytes / 2);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--ram"), std::string::npos) << e.what();
+  }
+  // Exactly the minimum works (streamed layers, top-k experts, nothing to spare).
+  auto ok = openEngine(dir, p.deviceMinimumStreamed, p.hostMinimum);
+  const auto ids = someIds(ok->config().vocabSize, 6, 5);
+  auto resident = openEngine(dir, std::nullopt, std::nullopt);
+  expectIdentical(runSequence(*ok, ids, 3), runSequence(*resident, ids, 3));
+}
+
+}  // namespace
