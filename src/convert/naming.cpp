@@ -82,6 +82,10 @@ const std::map<std::string, Rule>& layerRules() {
       {"mlp.experts.gate_up_proj_bias", {"!gpt_oss", R::Expert, GO}},
       {"mlp.experts.down_proj", {"!gpt_oss", R::Expert, GO}},
       {"mlp.experts.down_proj_bias", {"!gpt_oss", R::Expert, GO}},
+      {"mlp.experts.gate_up_proj_blocks", {"!gpt_oss", R::Expert, GO}},  // MXFP4 form (the released checkpoints)
+      {"mlp.experts.gate_up_proj_scales", {"!gpt_oss", R::Expert, GO}},
+      {"mlp.experts.down_proj_blocks", {"!gpt_oss", R::Expert, GO}},
+      {"mlp.experts.down_proj_scales", {"!gpt_oss", R::Expert, GO}},
       // Shared experts (deepseek).
       {"mlp.shared_experts.gate_proj.weight", {"shared.gate.weight", R::SharedExpert, DS}},
       {"mlp.shared_experts.up_proj.weight", {"shared.up.weight", R::SharedExpert, DS}},

@@ -12,7 +12,8 @@ struct HfNameMapping {
     Map,           // stored under `name`
     Skip,          // not used by the model (note says why): rotary buffers, MTP layers, tied lm_head
     GptOssExperts  // gpt_oss fused expert tensor of `layer`; `field` is gate_up_proj | gate_up_proj_bias |
-                   // down_proj | down_proj_bias (the planner splits it per expert)
+                   // down_proj | down_proj_bias, or the MXFP4 form's gate_up_proj_blocks | gate_up_proj_scales |
+                   // down_proj_blocks | down_proj_scales (the planner splits it per expert)
   } kind = Map;
   std::string name;  // canonical name (Map)
   TensorRole role = TensorRole::Attention;

@@ -50,9 +50,9 @@ int64_t PlannedTensor::rows() const {
 }
 
 uint64_t PlannedTensor::bytes() const {
-  uint64_t n = dtypeSize(dtype);
+  uint64_t n = 1;
   for (auto d : shape) n *= uint64_t(d);
-  return n;
+  return dtypeBytes(dtype, n);  // block types (mxfp4) too
 }
 
 bool PlannedTensor::isPlainCopy() const {
@@ -121,6 +121,28 @@ void gatherColumns(const PlannedTensor& t, uint8_t* dst) {
   }
 }
 
+// MXFP4 rows [r0, r1) of the stacked parts: per row, each 32-value block's scale byte then its 16 code bytes.
+void gatherMxfp4Rows(const PlannedTensor& t, int64_t r0, int64_t r1, uint8_t* dst) {
+  check(t.c0 == 0 && t.c1 == t.parts.front().cols, "tensor {}: mxfp4 tensors are stored whole", t.name);
+  int64_t base = 0;
+  for (const auto& p : t.parts) {
+    check(p.dtype == DType::MXFP4 && p.scales != nullptr && p.cols % 32 == 0,
+          "tensor {}: an mxfp4 part needs scales and rows of whole 32-value blocks", t.name);
+    const int64_t blocks = p.cols / 32;
+    int64_t a = std::max(r0, base), b = std::min(r1, base + p.rows);
+    for (int64_t r = a; r < b; r++) {
+      const uint8_t* codes = p.base + size_t((r - base) * p.rowStride);
+      const uint8_t* scales = p.scales + size_t((r - base) * p.scaleRowStride);
+      for (int64_t k = 0; k < blocks; k++) {
+        *dst++ = scales[k];
+        std::memcpy(dst, codes + k * 16, 16);
+        dst += 16;
+      }
+    }
+    base += p.rows;
+  }
+}
+
 template <class F>
 void dispatchSize(size_t es, F&& f) {
   switch (es) {
@@ -137,6 +159,10 @@ void dispatchSize(size_t es, F&& f) {
 void produceRows(const PlannedTensor& t, int64_t r0, int64_t r1, uint8_t* dst) {
   check(t.layout == Layout::Row || t.is1D, "produceRows: tensor {} is column-major", t.name);
   DType from = t.parts.front().dtype;
+  if (from == DType::MXFP4) {
+    check(t.dtype == DType::MXFP4, "tensor {}: mxfp4 is stored as mxfp4 (asked for {})", t.name, dtypeName(t.dtype));
+    return gatherMxfp4Rows(t, r0, r1, dst);
+  }
   size_t es = dtypeSize(from);
   int64_t W = t.c1 - t.c0;
   size_t n = size_t((r1 - r0) * W);
@@ -197,6 +223,86 @@ SourceMatrix plainSource(const SafetensorsCheckpoint::Entry& e, const std::strin
   return s;
 }
 
+// gpt_oss's released MXFP4 form of one layer's experts -> per-expert MXFP4 tensors (kept MXFP4; transformers'
+// integrations/mxfp4.py): gate_up_proj_blocks [E, 2I, H/32, 16] u8 and gate_up_proj_scales [E, 2I, H/32] u8 hold
+// the transpose of gate_up_proj, i.e. rows of W[2I, H] with gate = even rows and up = odd rows; down_proj_blocks
+// [E, H, I/32, 16] / down_proj_scales [E, H, I/32] hold down.weight [H, I] itself. Biases as in the bf16 form.
+void splitGptOssMxfp4(const SafetensorsCheckpoint& ckpt, const std::map<std::string, std::string>& fields, int layer,
+                      const ModelConfig& cfg, const std::string& what, std::vector<LogicalSrc>& out) {
+  const std::string p = fmt::format("model.layers.{}.mlp.experts.", layer);
+  auto get = [&](const char* f) -> SafetensorsCheckpoint::Entry {
+    auto it = fields.find(f);
+    check(it != fields.end(), "{}: layer {}: gpt_oss MXFP4 tensor '{}{}' is missing", what, layer, p, f);
+    return ckpt.get(it->second);
+  };
+  auto gb = get("gate_up_proj_blocks"), gs = get("gate_up_proj_scales"), gub = get("gate_up_proj_bias");
+  auto db = get("down_proj_blocks"), ds = get("down_proj_scales"), dnb = get("down_proj_bias");
+  for (const char* f : {"gate_up_proj", "down_proj"})
+    check(!fields.count(f), "{}: layer {}: '{}{}' and its MXFP4 form are both present", what, layer, p, f);
+  for (auto* e : {&gb, &gs, &db, &ds})
+    check(e->info->dtype == DType::U8, "{}: tensor '{}' has dtype {}, expected u8 (MXFP4 blocks / scales)", what,
+          e->info->name, dtypeName(e->info->dtype));
+  const int64_t E = cfg.numExperts, H = cfg.hiddenSize;
+  const auto& gbs = gb.info->shape;  // [E, 2I, H/32, 16]
+  check(gbs.size() == 4 && gbs[0] == E && gbs[1] % 2 == 0 && gbs[2] * 32 == H && gbs[3] == 16,
+        "{}: tensor '{}gate_up_proj_blocks' has shape {}, expected [{}, 2*intermediate, {}, 16]", what, p,
+        shapeString(gbs), E, H / 32);
+  const int64_t I = gbs[1] / 2;
+  check(I % 32 == 0, "{}: layer {}: intermediate size {} is not a multiple of 32 (MXFP4 blocks)", what, layer, I);
+  auto want = [&](const SafetensorsCheckpoint::Entry& e, std::vector<int64_t> shape, const char* f) {
+    check(e.info->shape == shape, "{}: tensor '{}{}' has shape {}, expected {}", what, p, f,
+          shapeString(e.info->shape), shapeString(shape));
+  };
+  want(gs, {E, 2 * I, H / 32}, "gate_up_proj_scales");
+  want(gub, {E, 2 * I}, "gate_up_proj_bias");
+  want(db, {E, H, I / 32, 16}, "down_proj_blocks");
+  want(ds, {E, H, I / 32}, "down_proj_scales");
+  want(dnb, {E, H}, "down_proj_bias");
+  const uint8_t* GB = gb.file->bytes(*gb.info).data();
+  const uint8_t* GS = gs.file->bytes(*gs.info).data();
+  const uint8_t* GUB = gub.file->bytes(*gub.info).data();
+  const uint8_t* DB = db.file->bytes(*db.info).data();
+  const uint8_t* DS = ds.file->bytes(*ds.info).data();
+  const uint8_t* DNB = dnb.file->bytes(*dnb.info).data();
+  const size_t esb = dtypeSize(gub.info->dtype), esdb = dtypeSize(dnb.info->dtype);
+  for (int64_t e = 0; e < E; e++) {
+    auto add = [&](const char* suffix, SourceMatrix s, bool is1D, const std::string& from) {
+      LogicalSrc l;
+      l.name = fmt::format("layers.{}.experts.{}.{}", layer, e, suffix);
+      l.role = TensorRole::Expert;
+      l.layer = layer;
+      l.expert = int(e);
+      l.parts = {s};
+      l.is1D = is1D;
+      l.from = p + from;
+      out.push_back(std::move(l));
+    };
+    auto mx = [&](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, int64_t rowStride,
+                  int64_t scaleRowStride) {
+      SourceMatrix s;
+      s.base = codes;
+      s.dtype = DType::MXFP4;
+      s.rows = rows;
+      s.cols = cols;
+      s.rowStride = rowStride;
+      s.scales = scales;
+      s.scaleRowStride = scaleRowStride;
+      return s;
+    };
+    // gate.weight row j = row 2j of the expert's [2I, H] matrix, up.weight row j = row 2j + 1.
+    const uint8_t* ge = GB + size_t(e * 2 * I * (H / 2));
+    const uint8_t* gse = GS + size_t(e * 2 * I * (H / 32));
+    add("gate.weight", mx(ge, gse, I, H, H, H / 16), false, "gate_up_proj_blocks");
+    add("up.weight", mx(ge + H / 2, gse + H / 32, I, H, H, H / 16), false, "gate_up_proj_blocks");
+    const uint8_t* gbe = GUB + size_t(e * 2 * I) * esb;
+    add("gate.bias", {gbe, gub.info->dtype, I, 1, 2, 1}, true, "gate_up_proj_bias");
+    add("up.bias", {gbe + esb, gub.info->dtype, I, 1, 2, 1}, true, "gate_up_proj_bias");
+    add("down.weight", mx(DB + size_t(e * H * (I / 2)), DS + size_t(e * H * (I / 32)), H, I, I / 2, I / 32), false,
+        "down_proj_blocks");
+    add("down.bias", {DNB + size_t(e * H) * esdb, dnb.info->dtype, H, 1, 1, 1}, true, "down_proj_bias");
+  }
+}
+
 // gpt_oss fused experts of one layer -> per-expert tensors (see docs/rdrr.md).
 void splitGptOss(const SafetensorsCheckpoint& ckpt, const std::map<std::string, std::string>& fields, int layer,
                  const ModelConfig& cfg, const std::string& what, std::vector<LogicalSrc>& out) {
@@ -206,6 +312,8 @@ void splitGptOss(const SafetensorsCheckpoint& ckpt, const std::map<std::string, 
           layer, f);
     return ckpt.get(it->second);
   };
+  if (fields.count("gate_up_proj_blocks") || fields.count("down_proj_blocks"))
+    return splitGptOssMxfp4(ckpt, fields, layer, cfg, what, out);
   auto gu = get("gate_up_proj"), gub = get("gate_up_proj_bias"), dn = get("down_proj"), dnb = get("down_proj_bias");
   const auto& gs = gu.info->shape;  // [E, hidden, 2I]
   const auto& ds = dn.info->shape;  // [E, I, hidden]
@@ -408,10 +516,11 @@ ConversionPlan planConversion(const SafetensorsCheckpoint& ckpt, const ModelConf
       int64_t cols = s->parts.front().cols;
       bool matrix = !s->is1D;
       bool isEmbed = s->role == TensorRole::Embedding;
-      t.layout = (matrix && !isEmbed) ? opts.layout : Layout::Row;
+      const bool blockType = dtypeBlockSize(t.dtype) > 1;  // mxfp4: row-major, whole
+      t.layout = (matrix && !isEmbed && !blockType) ? opts.layout : Layout::Row;
       t.originalShape = matrix ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows};
       int n = 1;
-      if (opts.tp > 1 && matrix && !isEmbed) {
+      if (opts.tp > 1 && matrix && !isEmbed && !blockType) {
         if (cols % opts.tp == 0) n = opts.tp;
         else unsliced++;
       }

@@ -41,7 +41,14 @@ struct SourceMatrix {
   DType dtype = DType::F32;
   int64_t rows = 0, cols = 0;
   int64_t rowStride = 0, colStride = 1;
-  bool contiguous() const { return colStride == 1 && (rowStride == cols || rows <= 1); }
+  // dtype MXFP4 (gpt-oss *_blocks / *_scales): row r's E2M1 codes ([cols / 32, 16] bytes) start at
+  // base + r * rowStride BYTES and its E8M0 scales ([cols / 32] bytes) at scales + r * scaleRowStride; the
+  // stored row interleaves them into 17-byte blocks (core/dtype.h).
+  const uint8_t* scales = nullptr;
+  int64_t scaleRowStride = 0;
+  bool contiguous() const {
+    return dtype != DType::MXFP4 && colStride == 1 && (rowStride == cols || rows <= 1);
+  }
 };
 
 struct PlannedTensor {

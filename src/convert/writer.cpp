@@ -24,8 +24,7 @@ class ShardPipeline {
  public:
   // Buffers are allocated on first use and never zero-filled: page faults are expensive on small VMs and
   // a small model never touches most of them.
-  explicit ShardPipeline(bool sync, size_t bufSize = size_t(8) << 20, int nbuf = 4)
-      : sync_(sync), bufSize_(bufSize), unallocated_(nbuf) {
+  explicit ShardPipeline(size_t bufSize = size_t(8) << 20, int nbuf = 4) : bufSize_(bufSize), unallocated_(nbuf) {
     worker_ = std::thread([this] { run(); });
   }
   ~ShardPipeline() {
@@ -65,11 +64,12 @@ class ShardPipeline {
     }
   }
 
-  // Flushes, waits for the worker, fsyncs and closes the file; returns its SHA-256.
+  // Flushes, waits for the worker and closes the file (without fsync: the caller syncs every shard at the end,
+  // so the disk flushes in the background while later shards are produced); returns its SHA-256.
   std::string close() {
     if (cur_ && cur_->n > 0) submit();
     drain();
-    file_.close(sync_);
+    file_.close(false);
     return hash_->hexDigest();
   }
 
@@ -136,7 +136,6 @@ class ShardPipeline {
     }
   }
 
-  bool sync_;
   size_t bufSize_;
   int unallocated_;
   std::unique_ptr<Buf> cur_;
@@ -167,7 +166,7 @@ void emitTensor(const PlannedTensor& t, ShardPipeline& out, ProgressBar* progres
   }
   if (t.layout == Layout::Row || t.is1D) {
     int64_t rows = t.rows();
-    uint64_t rowBytes = uint64_t(t.c1 - t.c0) * dtypeSize(t.dtype);
+    uint64_t rowBytes = dtypeBytes(t.dtype, uint64_t(t.c1 - t.c0));  // block types (mxfp4) too
     int64_t step = std::max<int64_t>(1, int64_t(kChunk / std::max<uint64_t>(1, rowBytes)));
     for (int64_t r = 0; r < rows; r += step) {
       int64_t r1 = std::min(rows, r + step);
@@ -254,7 +253,7 @@ ConvertResult convertHfToRdrr(const std::string& srcDirIn, const std::string& ou
   AtomicDir out(outDir, opts.force, opts.sync);  // declared before the pipeline: the pipeline stops first on failure
   if (progress) progress->setTotal(plan.totalBytes);
   {
-    ShardPipeline pipe(opts.sync);
+    ShardPipeline pipe;
     std::vector<uint8_t> scratch;
     int shard = -1;
     uint64_t at = 0;
@@ -274,6 +273,8 @@ ConvertResult convertHfToRdrr(const std::string& srcDirIn, const std::string& ou
     }
     if (shard >= 0) mf.shards[size_t(shard)].hash = pipe.close();
   }
+  if (opts.sync)  // one pass at the end, like `cp && sync`: writeback overlapped the conversion
+    for (const auto& s : mf.shards) fsyncPath(joinPath(out.path(), s.filename));
   for (const auto& name : tokenizerFileNames()) {
     std::string src = joinPath(srcDir, name);
     if (!isRegularFile(src)) continue;

@@ -19,12 +19,18 @@ constexpr DTypeInfo kInfo[] = {
     {DType::U8, 1, "u8", "U8"},          {DType::U16, 2, "u16", "U16"},
     {DType::U32, 4, "u32", "U32"},       {DType::U64, 8, "u64", "U64"},
     {DType::BOOL, 1, "bool", "BOOL"},    {DType::F8_E4M3, 1, "f8_e4m3", "F8_E4M3"},
-    {DType::F8_E5M2, 1, "f8_e5m2", "F8_E5M2"},
+    {DType::F8_E5M2, 1, "f8_e5m2", "F8_E5M2"}, {DType::MXFP4, 17, "mxfp4", "MXFP4"},
 };
 const DTypeInfo& info(DType t) { return kInfo[static_cast<int>(t)]; }
 }  // namespace
 
 size_t dtypeSize(DType t) { return info(t).size; }
+int64_t dtypeBlockSize(DType t) { return t == DType::MXFP4 ? 32 : 1; }
+uint64_t dtypeBytes(DType t, uint64_t n) {
+  const uint64_t b = uint64_t(dtypeBlockSize(t));
+  check(n % b == 0, "{} elements of {} do not fill whole blocks of {}", n, dtypeName(t), b);
+  return n / b * dtypeSize(t);
+}
 std::string_view dtypeName(DType t) { return info(t).name; }
 std::string_view safetensorsDTypeName(DType t) { return info(t).st; }
 std::optional<DType> parseDTypeName(std::string_view s) {

@@ -14,10 +14,17 @@ enum class DType : uint8_t {
   U8, U16, U32, U64,
   BOOL,
   F8_E4M3, F8_E5M2,
+  MXFP4,  // OCP microscaling FP4 (gpt-oss experts): blocks of 32 E2M1 values sharing one E8M0 scale
 };
 
-// Bytes per element.
+// Bytes per element; for a block type (dtypeBlockSize(t) > 1) bytes per block.
 size_t dtypeSize(DType t);
+// Elements per block: 1 for plain types, 32 for MXFP4. A block type stores each row of a matrix W[out, in]
+// as in / 32 consecutive blocks (in % 32 == 0). MXFP4 block (17 bytes): byte 0 = E8M0 scale e (2^(e - 127)),
+// bytes 1..16 = 32 E2M1 codes, element 2i in the low nibble and 2i + 1 in the high nibble of byte 1 + i.
+int64_t dtypeBlockSize(DType t);
+// Bytes of n elements (n / blockSize * dtypeSize); Error when n is not a multiple of the block size.
+uint64_t dtypeBytes(DType t, uint64_t n);
 // RDRR / CLI spelling: "f32", "f16", "bf16", "f64", "i8".."i64", "u8".."u64", "bool", "f8_e4m3", "f8_e5m2".
 std::string_view dtypeName(DType t);
 std::optional<DType> parseDTypeName(std::string_view s);

@@ -26,7 +26,7 @@ struct WeightView {
     for (auto d : shape) n *= d;
     return n;
   }
-  size_t bytes() const { return size_t(numel()) * dtypeSize(dtype); }
+  size_t bytes() const { return size_t(dtypeBytes(dtype, uint64_t(numel()))); }  // block types too
   int64_t rows() const { return shape.empty() ? 0 : shape[0]; }              // out
   int64_t cols() const { return shape.size() < 2 ? 1 : shape[1]; }          // in
 };

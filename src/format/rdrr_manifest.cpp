@@ -242,6 +242,12 @@ void validateManifest(const Manifest& m, const std::string& what) {
     const RdrrShard& sh = m.shards[size_t(t.shard)];
     auto expect = byteCount(t.shape, dtypeSize(t.dtype));
     check(expect.has_value(), "{}: {}: shape {} overflows", what, where, shapeString(t.shape));
+    if (const int64_t bs = dtypeBlockSize(t.dtype); bs > 1) {  // block types (mxfp4): dtypeSize is per block
+      check(t.shape.size() == 2 && t.shape[1] % bs == 0 && t.layout == Layout::Row && t.sliceDim == -1,
+            "{}: {}: {} needs an unsliced row-major matrix with rows of whole {}-value blocks, got {} {}", what,
+            where, dtypeName(t.dtype), bs, layoutName(t.layout), shapeString(t.shape));
+      *expect /= uint64_t(bs);
+    }
     check(*expect == t.size, "{}: {}: 'size' is {} bytes but shape {} of {} needs {}", what, where, t.size,
           shapeString(t.shape), dtypeName(t.dtype), *expect);
     uint64_t end;

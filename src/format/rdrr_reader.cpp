@@ -125,9 +125,9 @@ int RdrrModel::sliceCount(const std::string& name) const {
 }
 uint64_t RdrrModel::byteSize(const std::string& name) const {
   const Logical& l = logical(name);
-  uint64_t n = dtypeSize(l.dtype);
+  uint64_t n = 1;
   for (auto d : l.shape) n *= uint64_t(d);
-  return n;
+  return dtypeBytes(l.dtype, n);  // block types (mxfp4) too
 }
 
 // ---- raw I/O ----
@@ -261,6 +261,8 @@ std::vector<uint8_t> RdrrModel::readColumns(const std::string& name, int64_t c0,
         shapeString(l.shape));
   int64_t rows = l.shape[0], K = l.shape[1];
   check(0 <= c0 && c0 <= c1 && c1 <= K, "{}: tensor '{}': columns [{}, {}) are outside [0, {})", dir_, name, c0, c1, K);
+  check(dtypeBlockSize(l.dtype) == 1, "{}: tensor '{}': readColumns cannot cut {} blocks", dir_, name,
+        dtypeName(l.dtype));
   size_t es = dtypeSize(l.dtype);
   int64_t W = c1 - c0;
   std::vector<uint8_t> out(size_t(rows * W) * es);

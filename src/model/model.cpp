@@ -10,10 +10,11 @@ std::unique_ptr<Model> createModel(const ModelConfig& cfg, WeightProvider& weigh
     case Arch::Llama: return makeLlama(cfg, weights, backend);
     case Arch::Mixtral: return makeMixtral(cfg, weights, backend);
     case Arch::Qwen3Moe: return makeQwen3Moe(cfg, weights, backend);
-    default:
-      fail("architecture {} converts and verifies, but the engine cannot run it yet (runs: llama, mixtral, qwen3_moe)",
-           archName(cfg.arch));
+    case Arch::GptOss: return makeGptOss(cfg, weights, backend);
+    case Arch::PhiMoe: return makePhimoe(cfg, weights, backend);
+    case Arch::DeepseekV3: return makeDeepseekV3(cfg, weights, backend);
   }
+  fail("architecture {} is not supported by the engine", archName(cfg.arch));
 }
 
 }  // namespace doppler

@@ -53,10 +53,10 @@ RopeTable computeRope(const RopeConfig& rc, int64_t rotDim, int64_t maxPositions
       t.invFreq[size_t(j)] = scaled;
     }
   } else if (rc.type == "yarn") {
-    double factor = rc.factor;
-    int64_t origMax = rc.originalMaxPositions > 0 ? rc.originalMaxPositions : maxPositions;
-    // transformers: with original_max_position_embeddings given, the factor is max_pos / original.
-    if (rc.originalMaxPositions > 0 && maxPositions > 0) factor = double(maxPositions) / double(origMax);
+    // transformers v5: rope_parameters' factor (the config reader fills in max_position_embeddings / original
+    // when the file gives none); the correction range uses original_max_position_embeddings.
+    const double factor = rc.factor;
+    const int64_t origMax = rc.originalMaxPositions > 0 ? rc.originalMaxPositions : maxPositions;
     double attn;
     if (rc.attentionFactor) {
       attn = *rc.attentionFactor;
@@ -82,7 +82,7 @@ RopeTable computeRope(const RopeConfig& rc, int64_t rotDim, int64_t maxPositions
       const float posFreq = std::pow(float(base), float(2 * j) / float(rotDim));
       const float extra = 1.0f / posFreq;
       const float inter = 1.0f / (float(factor) * posFreq);
-      const float ramp = std::clamp((float(j) - float(low)) / (float(high) - float(low)), 0.0f, 1.0f);
+      const float ramp = std::clamp((float(j) - float(low)) / float(high - low), 0.0f, 1.0f);
       const float extraFactor = 1.0f - ramp;
       t.invFreq[size_t(j)] = inter * (1 - extraFactor) + extra * extraFactor;
     }
@@ -98,14 +98,15 @@ RopeTable computeRope(const RopeConfig& rc, int64_t rotDim, int64_t maxPositions
       const float posFreq = std::pow(float(rc.theta), float(2 * j) / float(rotDim));
       t.invFreq[size_t(j)] = 1.0f / (float(ext[size_t(j)]) * posFreq);
     }
+    // phimoe's rotary embedding: long_mscale / short_mscale (by the same test) override the attention factor.
     double attn;
     const auto& ms = useLong ? rc.longMscale : rc.shortMscale;
-    if (rc.attentionFactor) {
-      attn = *rc.attentionFactor;
-    } else if (ms) {
+    if (ms) {
       attn = *ms;
+    } else if (rc.attentionFactor) {
+      attn = *rc.attentionFactor;
     } else {
-      const double factor = double(maxPositions) / double(origMax);
+      const double factor = rc.factor;  // max_position_embeddings / original unless the file gives one
       attn = factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(double(origMax)));
     }
     t.attentionScale = float(attn);

@@ -238,9 +238,9 @@ std::vector<Variant> variants() {
 
 const std::vector<std::string> kArchs = {"llama", "mixtral", "qwen3_moe", "gpt_oss", "phimoe", "deepseek_v3"};
 
-class RoundTrip : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+class RdrrRoundTrip : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
 
-TEST_P(RoundTrip, EveryTensorMatchesTheSource) {
+TEST_P(RdrrRoundTrip, EveryTensorMatchesTheSource) {
   const std::string arch = std::get<0>(GetParam());
   const Variant var = variants()[size_t(std::get<1>(GetParam()))];
   const ConvertOptions& o = var.opts;
@@ -357,7 +357,7 @@ TEST_P(RoundTrip, EveryTensorMatchesTheSource) {
   m->verify();
 }
 
-INSTANTIATE_TEST_SUITE_P(AllModels, RoundTrip,
+INSTANTIATE_TEST_SUITE_P(AllModels, RdrrRoundTrip,
                          ::testing::Combine(::testing::ValuesIn(kArchs), ::testing::Range(0, int(variants().size()))),
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_" + variants()[size_t(std::get<1>(info.param))].label;

@@ -29,8 +29,32 @@ const detail::Kernels& kernels() {
 constexpr int64_t kMinGemvMacsPerChunk = int64_t(1) << 17;
 // GEMM is compute-bound: 2^20 multiply-adds are ~20 us at 100 GFLOP/s.
 constexpr int64_t kMinGemmMacsPerChunk = int64_t(1) << 20;
+// Column GEMV: input rows per job segment (at most) and outputs per job block (see gemvColumn).
+constexpr int64_t kColSeg = 128;
+constexpr int64_t kColBlock = 2048;
 // GEMM: rows of x per block, so that the x block [kNb, kKc] (256 KiB) stays in L2 across weight panels.
 constexpr int64_t kNb = 256;
+
+// Runs fn(b, e) over [0, units) in blocks of at least `grain` units (a multiple of `align`), handed out
+// through an atomic counter to the pool's threads: a thread that starts late (the machine is busy) takes
+// fewer blocks instead of holding up the whole product. Each unit belongs to exactly one block whatever the
+// thread count, so results do not depend on it. ~4 blocks per thread balance load at a negligible cost.
+template <class F>
+void blockedFor(ThreadPool& pool, int64_t units, int64_t grain, int64_t align, const F& fn) {
+  const int64_t threads = pool.size();
+  int64_t block = std::max(grain, (units + 4 * threads - 1) / (4 * threads));
+  block = (block + align - 1) / align * align;
+  const int64_t blocks = (units + block - 1) / block;
+  if (blocks <= 1 || threads == 1) {
+    fn(0, units);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  pool.parallelFor(std::min(threads, blocks), [&](int64_t, int64_t) {
+    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;)
+      fn(b * block, std::min(units, (b + 1) * block));
+  });
+}
 
 bool overlaps(const void* a, size_t abytes, const void* b, size_t bbytes) {
   auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
@@ -104,6 +128,49 @@ void gemmBlock(const detail::Kernels& K, const float* x, int64_t in, const void*
   }
 }
 
+// Column-layout GEMV. With in <= kColSeg, blocks of outputs (each owning a slice of y). Otherwise jobs are
+// (segment of ~kColSeg input rows) x (block of up to kColBlock outputs): a job streams long contiguous runs
+// of Wt[in, out] (whole rows when out <= kColBlock), and even a small `out` gives enough jobs for the pool.
+// Each job writes its own partial y, and a second pass adds them in segment order: no atomics, and the
+// segments depend on the shape only, so the sums are the same whatever the thread count.
+void gemvColumn(const detail::Kernels& K, const float* x, int64_t in, const void* w, DType wtype, int64_t out,
+                const float* bias, float* y, ThreadPool& pool) {
+  using detail::kNr;
+  const int64_t segs = (in + kColSeg - 1) / kColSeg;
+  if (segs == 1) {
+    const int64_t units = (out + kNr - 1) / kNr;
+    blockedFor(pool, units, std::max<int64_t>(1, kMinGemvMacsPerChunk / (kNr * in)), 1, [&](int64_t b, int64_t e) {
+      K.gemvCol(x, in, w, wtype, out, b * kNr, std::min(out, e * kNr), bias, y);
+    });
+    return;
+  }
+  // segment sg: q or q + 1 input rows (balanced, each <= kColSeg) starting at row sg * q + min(sg, r)
+  const int64_t q = in / segs, r = in % segs;
+  const int64_t blockOut = std::min(kColBlock, (out + kNr - 1) / kNr * kNr);
+  const int64_t blocks = (out + blockOut - 1) / blockOut;
+  const size_t wsize = dtypeSize(wtype);
+  thread_local std::vector<float> partialBuf;
+  partialBuf.resize(size_t(segs * out));
+  float* partial = partialBuf.data();  // [segs, out]
+  const int64_t jobs = segs * blocks;  // job j: block j / segs, segment j % segs (a run of jobs: adjacent rows)
+  blockedFor(pool, jobs, std::max<int64_t>(1, kMinGemvMacsPerChunk / (kColSeg * blockOut)), 1,
+             [&](int64_t jb, int64_t je) {
+               for (int64_t j = jb; j < je; j++) {
+                 const int64_t b = j / segs, sg = j % segs;
+                 const int64_t i0 = sg * q + std::min(sg, r), rows = q + (sg < r ? 1 : 0);
+                 K.gemvCol(x + i0, rows, static_cast<const uint8_t*>(w) + size_t(i0 * out) * wsize, wtype, out,
+                           b * blockOut, std::min(out, (b + 1) * blockOut), nullptr, partial + sg * out);
+               }
+             });
+  blockedFor(pool, out, std::max<int64_t>(1, kMinGemvMacsPerChunk / segs), 1, [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; o++) {
+      float s = bias ? bias[o] : 0.0f;
+      for (int64_t sg = 0; sg < segs; sg++) s += partial[sg * out + o];
+      y[o] = s;
+    }
+  });
+}
+
 }  // namespace
 
 bool cpuHasAvx2Kernels() {
@@ -126,35 +193,25 @@ void matmul(const float* x, int64_t n, int64_t in, const void* w, DType wtype, L
   if (n == 1) {
     if (layout == Layout::Row) {  // units of 4 output rows: one pass of the row kernel
       const int64_t units = (out + 3) / 4;
-      const int64_t grain = std::max<int64_t>(1, kMinGemvMacsPerChunk / (4 * in));
-      pool.parallelFor(
-          units, [&](int64_t b, int64_t e) { K.gemvRow(x, in, w, wtype, b * 4, std::min(out, e * 4), bias, y); },
-          grain);
-    } else {  // units of 16 outputs: each thread owns a slice of y
-      const int64_t units = (out + kNr - 1) / kNr;
-      const int64_t grain = std::max<int64_t>(1, kMinGemvMacsPerChunk / (kNr * in));
-      pool.parallelFor(
-          units,
-          [&](int64_t b, int64_t e) { K.gemvCol(x, in, w, wtype, out, b * kNr, std::min(out, e * kNr), bias, y); },
-          grain);
+      blockedFor(pool, units, std::max<int64_t>(1, kMinGemvMacsPerChunk / (4 * in)), 1, [&](int64_t b, int64_t e) {
+        K.gemvRow(x, in, w, wtype, b * 4, std::min(out, e * 4), bias, y);
+      });
+    } else {
+      gemvColumn(K, x, in, w, wtype, out, bias, y, pool);
     }
     return;
   }
 
-  // GEMM: split the weight panels across threads (each weight tile is converted once per thread and reused
-  // for all n rows); when there are too few panels for the pool, split the rows of x instead.
+  // GEMM: split the weight panels (each weight tile is converted once per block and reused for all n rows);
+  // when there are too few panels for the pool, split the rows of x instead.
   const int64_t panels = (out + kNr - 1) / kNr;
   const int64_t threads = pool.size();
   if (panels >= 2 * threads || n < 2 * detail::kMr * threads) {
-    const int64_t grain = std::max<int64_t>(1, kMinGemmMacsPerChunk / (kNr * in * n));
-    pool.parallelFor(
-        panels, [&](int64_t b, int64_t e) { gemmBlock(K, x, in, w, wtype, layout, out, bias, y, 0, n, b, e); },
-        grain);
+    blockedFor(pool, panels, std::max<int64_t>(1, kMinGemmMacsPerChunk / (kNr * in * n)), 1,
+               [&](int64_t b, int64_t e) { gemmBlock(K, x, in, w, wtype, layout, out, bias, y, 0, n, b, e); });
   } else {
-    const int64_t grain = std::max<int64_t>(detail::kMr, kMinGemmMacsPerChunk / (in * out));
-    pool.parallelFor(
-        n, [&](int64_t b, int64_t e) { gemmBlock(K, x, in, w, wtype, layout, out, bias, y, b, e, 0, panels); },
-        grain);
+    blockedFor(pool, n, std::max<int64_t>(detail::kMr, kMinGemmMacsPerChunk / (in * out)), detail::kMr,
+               [&](int64_t b, int64_t e) { gemmBlock(K, x, in, w, wtype, layout, out, bias, y, b, e, 0, panels); });
   }
 }
 
