@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/fs_util.h"
 #include "core/sha256.h"
+#include "storage/resolve.h"
 
 namespace doppler {
 
@@ -71,6 +72,8 @@ std::string checkpointKey(const std::string& dir) {
 }  // namespace
 
 std::string resolveModel(const std::string& arg, const std::string& cacheDir, bool quiet) {
+  // An http(s) URL of a manifest, or a cache id: the shard store (storage/resolve.h).
+  if (isStoreModelArg(arg)) return resolveStoreModel(arg, cacheRoot(cacheDir), quiet);
   const std::string dir = arg.empty() ? defaultModelDir() : arg;
   if (isRdrrDir(dir)) return dir;
   check(isDirectory(dir), "{}: no such model directory", dir);
