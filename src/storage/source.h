@@ -3,13 +3,14 @@
 //   LocalDirSource  a directory on this machine (an RDRR dir, or its manifest.json)
 //   HttpSource      an http(s) origin (storage/http_source.h): any static file server; the URL names the
 //                   manifest ("http://host/models/m.rdrr/manifest.json") or its directory ("http://host/m.rdrr/")
-// A swarm source plugs in behind the same interface.
+//   SwarmSource     peers of a BitTorrent swarm, with the origin as fallback (storage/swarm.h)
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace doppler {
 
@@ -42,6 +43,9 @@ class Source {
   // and resumed; the call returns only when all `size` bytes were delivered, else throws Error naming
   // locate(name) and what went wrong (after the retries).
   virtual void fetchRange(const std::string& name, uint64_t offset, uint64_t size, const ByteSink& sink) = 0;
+  // The files the caller is about to fetch (in order), so that a source able to fetch in parallel (the swarm)
+  // can start on all of them at once. Optional; the default does nothing.
+  virtual void plan(const std::vector<std::string>& names) {}
   // Requests made and body bytes received so far (for tests and the pull summary).
   virtual uint64_t requests() const = 0;
   virtual bool remote() const = 0;

@@ -297,6 +297,11 @@ void Store::fetchAll(const ModelRef& ref, const std::vector<Blob>& blobs, Source
   uint64_t need = 0;
   for (const auto& b : pending) need += b.size;
   if (progress) progress->setTotal(progress->done() + need);
+  if (src && !pending.empty()) {
+    std::vector<std::string> names;
+    for (const auto& b : pending) names.push_back(b.file);
+    src->plan(names);
+  }
   std::unique_ptr<Source> owned;
   auto onBytes = [&](uint64_t n) {
     if (progress) progress->add(n);
