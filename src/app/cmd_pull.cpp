@@ -85,6 +85,12 @@ const bool kRegistered = registerCommand(
          ModelLease lease = store.pull(*src, bar.get(), &st);
          if (bar) bar->finish();
          if (o->pin) store.setPinned(lease.ref.name(), true);
+         std::printf("pulled %s into %s: %d files, %s; fetched %d (%s) in %.2f s (%s), %d already cached%s\n",
+                     lease.ref.name().c_str(), lease.ref.dir.c_str(), st.files, formatSize(st.bytesTotal).c_str(),
+                     st.fetched, formatSize(st.bytesFetched).c_str(), st.seconds,
+                     ProgressBar::formatRate(st.bytesFetched, st.seconds).c_str(), st.files - st.fetched,
+                     st.healed ? fmt::format(", {} healed (failed verification, quarantined)", st.healed).c_str() : "");
+         std::fflush(stdout);
          if (swarm) {
            // Keep the torrent beside the manifest: `doppler seed` of this model then needs no re-hash.
            std::string side = joinPath(lease.ref.dir, kSwarmTorrentName);
@@ -101,14 +107,10 @@ const bool kRegistered = registerCommand(
              sigemptyset(&sa.sa_mask);
              ::sigaction(SIGINT, &sa, nullptr);
              ::sigaction(SIGTERM, &sa, nullptr);
+             std::fprintf(stderr, "swarm: sharing for %.0f s (SIGINT/SIGTERM stops)\n", o->linger);
              swarm->linger(o->linger, [] { return gStop != 0; });
            }
          }
-         std::printf("pulled %s into %s: %d files, %s; fetched %d (%s) in %.2f s (%s), %d already cached%s\n",
-                     lease.ref.name().c_str(), lease.ref.dir.c_str(), st.files, formatSize(st.bytesTotal).c_str(),
-                     st.fetched, formatSize(st.bytesFetched).c_str(), st.seconds,
-                     ProgressBar::formatRate(st.bytesFetched, st.seconds).c_str(), st.files - st.fetched,
-                     st.healed ? fmt::format(", {} healed (failed verification, quarantined)", st.healed).c_str() : "");
          if (o->stats || !o->statsJson.empty()) {
            nlohmann::json j = {{"files", st.files},
                                {"files_fetched", st.fetched},

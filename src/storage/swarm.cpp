@@ -142,9 +142,13 @@ lt::settings_pack sessionSettings(const SwarmOptions& o) {
   p.set_int(lt::settings_pack::urlseed_wait_retry, 2);
   p.set_int(lt::settings_pack::upload_rate_limit, int(std::min<uint64_t>(o.uploadLimit, INT32_MAX)));
   p.set_int(lt::settings_pack::download_rate_limit, int(std::min<uint64_t>(o.downloadLimit, INT32_MAX)));
+  // Rate-limit quota is handed out once per tick (500 ms by default): every round trip of a new connection
+  // (handshake, bitfield, requests) then waits for a tick, ~1.5 s before the first byte. 100 ms ticks fix that.
+  if (o.uploadLimit || o.downloadLimit) p.set_int(lt::settings_pack::tick_interval, 100);
   p.set_int(lt::settings_pack::connections_limit, std::max(2, o.maxConnections));
   p.set_int(lt::settings_pack::alert_mask, int(lt::alert_category::status | lt::alert_category::error |
-                                               lt::alert_category::peer | lt::alert_category::storage));
+                                               lt::alert_category::peer | lt::alert_category::storage |
+                                               lt::alert_category::piece_progress));  // wakes the wait per piece
   p.set_int(lt::settings_pack::alert_queue_size, 100000);
   p.set_str(lt::settings_pack::peer_fingerprint, "-DP0100-");
   p.set_str(lt::settings_pack::user_agent, "doppler/" DOPPLER_VERSION);

@@ -152,6 +152,21 @@ class Swarm : public ::testing::Test {
     for (const auto& s : manifest_.shards) EXPECT_TRUE(isRegularFile(store.blobPath(s.hash))) << s.filename;
   }
   static nlohmann::json stats(const std::string& path) { return readJsonFile(path); }
+  // Waits until the cache holds at least n blobs (files that came through the puller) or `seconds` pass.
+  static int waitForBlobs(const std::string& cache, int n, double seconds) {
+    auto t0 = Clock::now();
+    int count = 0;
+    while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+      count = 0;
+      std::error_code ec;
+      for (auto it = std::filesystem::recursive_directory_iterator(cache + "/store/blobs", ec);
+           !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
+        count += it->path().filename().string().size() == 64;
+      if (count >= n) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return count;
+  }
 
   TempDir tmp_;
   Manifest manifest_;
@@ -246,7 +261,8 @@ TEST_F(Swarm, SeedKilledMidTransferThePullerCompletesFromTheOrigin) {
   Proc p({"pull", "-q", origin.url("manifest.json"), "--peer", s, "--peer-timeout", "1.5", "--cache-dir",
           tmp_ / "c", "--stats-json", tmp_ / "p.json"},
          tmp_ / "p.out", tmp_ / "p.err");
-  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  // Mid-transfer: a few files arrived from the seed, most have not.
+  EXPECT_GE(waitForBlobs(tmp_ / "c", 3, 30), 3) << p.err();
   ASSERT_TRUE(p.running()) << "the pull ended before the seed was killed: " << p.err();
   seeder->stop(SIGKILL);
   ASSERT_EQ(p.wait(60), 0) << p.err();
@@ -266,8 +282,8 @@ TEST_F(Swarm, SeedKilledMidTransferThePullerCompletesFromTheOtherPeer) {
   Proc p({"pull", "-q", magnet, "--peer", s1, "--peer", s2, "--no-origin", "--cache-dir", tmp_ / "c",
           "--stats-json", tmp_ / "p.json"},
          tmp_ / "p.out", tmp_ / "p.err");
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
-  ASSERT_TRUE(p.running()) << p.err();
+  EXPECT_GE(waitForBlobs(tmp_ / "c", 3, 30), 3) << p.err();
+  ASSERT_TRUE(p.running()) << "the pull ended before the seed was killed: " << p.err();
   seed1->stop(SIGKILL);
   ASSERT_EQ(p.wait(60), 0) << p.err();
   seed2->stop(SIGTERM);
