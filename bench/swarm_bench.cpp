@@ -11,7 +11,10 @@
 //   2 peers: doppler pull MAGNET --peer S1 --peer S2 --no-origin
 // each into an empty cache under DIR (removed after each run), and prints wall time, MB/s and the bytes each peer
 // sent. Pulls are complete and verified (SHA-256 of every shard; fsync of every blob) as any pull is.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <httplib.h>
 #include <signal.h>
 #include <spawn.h>
@@ -86,6 +89,7 @@ std::string waitFor(const std::string& file, const std::string& re, double secon
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   try {
     std::string bin, base = "/tmp";
     int layers = 1;
@@ -156,18 +160,45 @@ int main(int argc, char** argv) {
       seeds.push_back(spawn(bin, {"seed", model, "--listen", "127.0.0.1:0"}, out, out + ".err"));
       eps.push_back(waitFor(out, R"(pieces\) on (127\.0\.0\.1:\d+))", 120));
     }
-    std::printf("seeds on %s and %s\n\n", eps[0].c_str(), eps[1].c_str());
+    std::printf("seeds on %s and %s\n", eps[0].c_str(), eps[1].c_str());
 
     struct Run {
       std::string name;
       std::vector<std::string> args;
     };
+    // A second origin, if python3 is there: `python3 -m http.server` (no Range support; a whole-file pull does
+    // not need it).
+    int pyPort = 0;
+    {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      socklen_t len = sizeof a;
+      check(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0,
+            "cannot pick a free port");
+      pyPort = ntohs(a.sin_port);
+      ::close(fd);
+    }
+    std::string pyOut = joinPath(work, "python.out");
+    pid_t py = spawn("/usr/bin/python3", {"-m", "http.server", std::to_string(pyPort), "--bind", "127.0.0.1",
+                                          "--directory", model}, pyOut, pyOut + ".err");
+    seeds.push_back(py);
+    for (int i = 0; i < 100; i++) {
+      httplib::Client c("127.0.0.1", pyPort);
+      c.set_connection_timeout(1);
+      c.set_read_timeout(2);
+      if (c.Head("/manifest.json")) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     std::vector<Run> runs = {
-        {"HTTP origin", {"pull", url}},
+        {"HTTP origin (cpp-httplib)", {"pull", url}},
+        {"HTTP origin (python3 -m http.server)", {"pull", fmt::format("http://127.0.0.1:{}/manifest.json", pyPort)}},
         {"1 peer", {"pull", t.magnet(), "--peer", eps[0], "--no-origin"}},
         {"2 peers", {"pull", t.magnet(), "--peer", eps[0], "--peer", eps[1], "--no-origin"}},
     };
-    std::printf("| source | wall | pull | MB/s (wall) | bytes per peer |\n| --- | --- | --- | --- | --- |\n");
+    std::printf("\n| source | wall | pull | MB/s (wall) | bytes per peer |\n| --- | --- | --- | --- | --- |\n");
     for (auto& r : runs) {
       std::string cache = joinPath(work, "cache");
       removeAll(cache);

@@ -362,21 +362,15 @@ void seedModel(const std::string& dir, const ModelTorrent& t, const SwarmOptions
                const std::function<void(const std::string&, int, int)>& onReady, SwarmStats* statsOut) {
   SwarmStats st;
   st.infoHash = t.infoHashV2.empty() ? t.infoHashV1 : t.infoHashV2;
-  // <staging>/<name> -> the model directory (its name on disk need not be the torrent's).
-  std::string tmpl = joinPath(std::filesystem::temp_directory_path().string(), "doppler-seed-XXXXXX");
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back(0);
-  check(::mkdtemp(buf.data()) != nullptr, "{}: cannot create a temp directory: {}", tmpl, std::strerror(errno));
-  struct Cleanup {
-    std::string p;
-    ~Cleanup() { removeAll(p); }
-  } cleanup{buf.data()};
+  // <staging>/<name> -> the model directory (its name on disk need not be the torrent's). The staging dir is
+  // locked while this process lives; a killed seed's is removed by the next one.
+  StagingDir staging(joinPath(std::filesystem::temp_directory_path().string(), "doppler-seed"));
   std::string abs = std::filesystem::absolute(dir).string();
-  check(::symlink(abs.c_str(), joinPath(cleanup.p, t.name).c_str()) == 0, "{}: cannot create a symlink: {}",
-        cleanup.p, std::strerror(errno));
+  check(::symlink(abs.c_str(), joinPath(staging.path, t.name).c_str()) == 0, "{}: cannot create a symlink: {}",
+        staging.path, std::strerror(errno));
 
   auto ses = makeSession(o);
-  lt::add_torrent_params atp = baseParams(cleanup.p);
+  lt::add_torrent_params atp = baseParams(staging.path);
   atp.ti = loadTorrentInfo(t.bytes, dir);
   const int totalPieces = atp.ti->num_pieces();
   // Upload only: a partial model (lazily pulled) shares what it has and never writes into the directory.
