@@ -10,7 +10,7 @@
 //   2. The trained model models/qwen3moe-code-9m (real, skewed routing) on a code prompt: hit rate and the
 //      prefetcher's prediction precision/recall at the same budget fractions.
 //
-//   paging_bench [--dir DIR] [--layers N] [--prefill N] [--decode N] [--fractions 100,50,25] [--trained DIR]
+//   paging_bench [--dir DIR] [--layers N] [--prefill N] [--warmup N] [--decode N] [--fractions 100,50,25] [--trained DIR]
 //                [--trained-decode N] [--skip-synthetic] [--skip-trained]
 #include <algorithm>
 #include <chrono>
@@ -96,8 +96,10 @@ struct Row {
 
 int64_t argmax(const std::vector<float>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); }
 
-// Prefill `prompt`, then greedy-decode `decode` tokens; counters are the decode phase's (after the prefill).
-Row runOnce(const std::string& dir, int fraction, const std::vector<int32_t>& prompt, int64_t decode) {
+// Prefill `prompt`, greedy-decode `warmup` tokens (every pool buffer gets touched once: fresh memory is slow to
+// fault in on VMs), then `decode` more; counters are those of the last `decode` tokens.
+Row runOnce(const std::string& dir, int fraction, const std::vector<int32_t>& prompt, int64_t warmup,
+            int64_t decode) {
   auto m = RdrrModel::open(dir);
   const TierPlan sizes = planTiers(*m, uint64_t(1) << 50, uint64_t(1) << 50, false);
   const uint64_t X = sizes.maxExpertBytes;
@@ -115,15 +117,20 @@ Row runOnce(const std::string& dir, int fraction, const std::vector<int32_t>& pr
   auto e = Engine::open(dir, eo);
   TieredWeights& tw = *e->tiers();
   const int64_t V = e->config().vocabSize, P = int64_t(prompt.size());
-  auto kv = e->newKVCache(P + decode + 1);
+  auto kv = e->newKVCache(P + warmup + decode + 1);
   std::vector<float> logits(static_cast<size_t>(P * V)), one(static_cast<size_t>(V));
   e->model().forward(prompt.data(), P, 0, *kv, true, logits.data());
   std::copy(logits.end() - V, logits.end(), one.begin());
+  int64_t pos = P;
+  for (int64_t i = 0; i < warmup; i++, pos++) {
+    int32_t next = int32_t(argmax(one));
+    e->model().forward(&next, 1, pos, *kv, false, one.data());
+  }
   const TierCacheStats s0 = tw.cacheStats();
   auto t0 = Clock::now();
-  for (int64_t i = 0; i < decode; i++) {
+  for (int64_t i = 0; i < decode; i++, pos++) {
     int32_t next = int32_t(argmax(one));
-    e->model().forward(&next, 1, P + i, *kv, false, one.data());
+    e->model().forward(&next, 1, pos, *kv, false, one.data());
   }
   const double dt = seconds(t0, Clock::now());
   const TierCacheStats s1 = tw.cacheStats();
@@ -175,7 +182,7 @@ std::vector<int> parseFractions(const std::string& s) {
 int main(int argc, char** argv) {
   std::string dir = "/tmp/doppler-paging-bench", trained = std::string(DOPPLER_SOURCE_DIR) + "/models/qwen3moe-code-9m";
   int layers = 2;
-  int64_t prefill = 8, decode = 8, trainedDecode = 96;
+  int64_t prefill = 8, decode = 8, warmup = 8, trainedDecode = 96;
   std::vector<int> fractions = {100, 50, 25};
   bool synthetic = true, real = true;
   for (int i = 1; i < argc; i++) {
@@ -191,6 +198,7 @@ int main(int argc, char** argv) {
     else if (a == "--layers") layers = std::atoi(next().c_str());
     else if (a == "--prefill") prefill = std::atoll(next().c_str());
     else if (a == "--decode") decode = std::atoll(next().c_str());
+    else if (a == "--warmup") warmup = std::atoll(next().c_str());
     else if (a == "--fractions") fractions = parseFractions(next());
     else if (a == "--trained") trained = next();
     else if (a == "--trained-decode") trainedDecode = std::atoll(next().c_str());
@@ -198,7 +206,7 @@ int main(int argc, char** argv) {
     else if (a == "--skip-trained") real = false;
     else {
       std::fprintf(stderr,
-                   "usage: paging_bench [--dir DIR] [--layers N] [--prefill N] [--decode N] [--fractions 100,50,25] "
+                   "usage: paging_bench [--dir DIR] [--layers N] [--prefill N] [--warmup N] [--decode N] [--fractions 100,50,25] "
                    "[--trained DIR] [--trained-decode N] [--skip-synthetic] [--skip-trained]\n");
       return 2;
     }
@@ -212,10 +220,10 @@ int main(int argc, char** argv) {
       std::vector<int32_t> prompt;
       for (int64_t i = 0; i < prefill; i++) prompt.push_back(int32_t((i * 7919 + 13) % 32000));
       std::vector<Row> rows;
-      for (int f : fractions) rows.push_back(runOnce(m, f, prompt, decode));
-      std::printf("synthetic mixtral-8x7b shape, %d layers, prefill %lld, decode %lld; routing: busiest quarter of "
-                  "the experts took %.0f%% of activations (25%% = uniform)\n\n",
-                  layers, (long long)prefill, (long long)decode, 100 * rows.back().skew);
+      for (int f : fractions) rows.push_back(runOnce(m, f, prompt, warmup, decode));
+      std::printf("synthetic mixtral-8x7b shape, %d layers, prefill %lld, warm-up %lld, decode %lld; routing: busiest "
+                  "quarter of the experts took %.0f%% of activations (25%% = uniform)\n\n",
+                  layers, (long long)prefill, (long long)warmup, (long long)decode, 100 * rows.back().skew);
       printTable(rows, mc);
       std::printf("\n");
     }
@@ -225,7 +233,7 @@ int main(int argc, char** argv) {
       std::vector<int32_t> prompt =
           tok->encode("import os\nimport sys\n\ndef read_lines(path):\n    with open(path) as f:\n", true);
       std::vector<Row> rows;
-      for (int f : fractions) rows.push_back(runOnce(m, f, prompt, trainedDecode));
+      for (int f : fractions) rows.push_back(runOnce(m, f, prompt, warmup, trainedDecode));
       std::printf("trained qwen3moe-code-9m (4 layers x 16 experts, top-4), code prompt of %zu tokens, greedy decode "
                   "%lld; routing: busiest quarter of the experts took %.0f%% of activations (25%% = uniform)\n\n",
                   prompt.size(), (long long)trainedDecode, 100 * rows.back().skew);

@@ -80,7 +80,7 @@ inline void addEngineOptions(CLI::App& sub, EngineOptions& o) {
       "Host-RAM budget for spilled KV blocks, e.g. 8G (default: unlimited; 0 = no spill)");
   sub.add_option_function<std::string>(
       "--kv-dtype", [&o](const std::string& s) { o.kvDtype = parseKVDType(s, "--kv-dtype"); },
-      "KV storage type: f32, f16, bf16 or int8 (per-block, per-head scales) (default f32)");
+      "KV storage type: f32, f16, bf16 or int8 (one scale per token and head) (default f32)");
   sub.add_option_function<std::string>(
       "--kv-compress", [&o](const std::string& s) { o.kvCompress = parseKVCompress(s, "--kv-compress"); },
       "Store all full KV blocks in --kv-dtype, or only the spilled ones: all|spilled (default all)");

@@ -115,6 +115,7 @@ const bool kRegistered = registerCommand(
          std::printf("weight read      %.2f GB/s\n", gbs);
          std::printf("memory bandwidth %.2f GB/s (median of %d, %d threads)\n", bw.medianGBs, bw.runs, bw.threads);
          std::printf("ratio            %.0f%% of memory bandwidth\n", 100.0 * gbs / bw.medianGBs);
+         reportStats(*engine, o->engine);
          return 0;
        };
      }});

@@ -223,6 +223,20 @@ SourceMatrix plainSource(const SafetensorsCheckpoint::Entry& e, const std::strin
   return s;
 }
 
+// One per-expert tensor cut out of gpt_oss's fused expert tensors: "layers.L.experts.E.<suffix>".
+LogicalSrc expertSrc(int layer, int expert, const char* suffix, const SourceMatrix& s, bool is1D,
+                     const std::string& from) {
+  LogicalSrc l;
+  l.name = fmt::format("layers.{}.experts.{}.{}", layer, expert, suffix);
+  l.role = TensorRole::Expert;
+  l.layer = layer;
+  l.expert = expert;
+  l.parts = {s};
+  l.is1D = is1D;
+  l.from = from;
+  return l;
+}
+
 // gpt_oss's released MXFP4 form of one layer's experts -> per-expert MXFP4 tensors (kept MXFP4; transformers'
 // integrations/mxfp4.py): gate_up_proj_blocks [E, 2I, H/32, 16] u8 and gate_up_proj_scales [E, 2I, H/32] u8 hold
 // the transpose of gate_up_proj, i.e. rows of W[2I, H] with gate = even rows and up = odd rows; down_proj_blocks
@@ -267,15 +281,7 @@ void splitGptOssMxfp4(const SafetensorsCheckpoint& ckpt, const std::map<std::str
   const size_t esb = dtypeSize(gub.info->dtype), esdb = dtypeSize(dnb.info->dtype);
   for (int64_t e = 0; e < E; e++) {
     auto add = [&](const char* suffix, SourceMatrix s, bool is1D, const std::string& from) {
-      LogicalSrc l;
-      l.name = fmt::format("layers.{}.experts.{}.{}", layer, e, suffix);
-      l.role = TensorRole::Expert;
-      l.layer = layer;
-      l.expert = int(e);
-      l.parts = {s};
-      l.is1D = is1D;
-      l.from = p + from;
-      out.push_back(std::move(l));
+      out.push_back(expertSrc(layer, int(e), suffix, s, is1D, p + from));
     };
     auto mx = [&](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, int64_t rowStride,
                   int64_t scaleRowStride) {
@@ -336,15 +342,7 @@ void splitGptOss(const SafetensorsCheckpoint& ckpt, const std::map<std::string, 
          esdb = dtypeSize(dnb.info->dtype);
   for (int64_t e = 0; e < E; e++) {
     auto add = [&](const char* suffix, SourceMatrix s, bool is1D, const std::string& from) {
-      LogicalSrc l;
-      l.name = fmt::format("layers.{}.experts.{}.{}", layer, e, suffix);
-      l.role = TensorRole::Expert;
-      l.layer = layer;
-      l.expert = int(e);
-      l.parts = {s};
-      l.is1D = is1D;
-      l.from = p + from;
-      out.push_back(std::move(l));
+      out.push_back(expertSrc(layer, int(e), suffix, s, is1D, p + from));
     };
     // gate.weight[j, h] = gate_up_proj[e][h, 2j]; up.weight[j, h] = gate_up_proj[e][h, 2j+1]
     const uint8_t* ge = GU + size_t(e * H * 2 * I) * es;

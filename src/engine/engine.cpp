@@ -42,10 +42,14 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
   if (opts.threads > 0) ThreadPool::setGlobalThreads(opts.threads);
   std::unique_ptr<Engine> e(new Engine);
   e->opts_ = opts;
-  e->dir_ = resolveModel(modelArg, opts.cacheDir, opts.quiet);
-  e->rdrr_ = RdrrModel::open(e->dir_);
+  // A model from the shard store is fetched lazily when weights are paged: dense shards now, experts on use.
+  const bool paged = opts.vram || opts.ram;
+  ResolvedModel rm = resolveModelLazily(modelArg, opts.cacheDir, opts.quiet, paged);
+  e->dir_ = rm.dir;
+  e->lazy_ = rm.lazy;
+  e->rdrr_ = RdrrModel::open(e->dir_, std::move(rm.fetcher));
   e->backend_ = makeCpuBackend();
-  if (opts.vram || opts.ram) {  // paged through budgeted tiers (docs/tiers.md)
+  if (paged) {  // paged through budgeted tiers (docs/tiers.md)
     uint64_t shardBytes = 0;
     for (const auto& s : e->rdrr_->manifest().shards) shardBytes += s.size;
     TierBudgets b = resolveBudgets(detectCapabilities(*e->backend_, cacheRoot(opts.cacheDir)), opts.vram, opts.ram,
@@ -92,6 +96,11 @@ nlohmann::json Engine::stats() const {
   j["tokens"] = speed_->tokens;
   j["forward_seconds"] = speed_->seconds;
   j["tokens_per_second"] = speed_->seconds > 0 ? double(speed_->tokens) / speed_->seconds : 0.0;
+  // Lazy fetches from the shard store (docs/cache.md).
+  if (lazy_)
+    j["store"] = {{"lazy_deferred_shards", lazy_->deferred.load()},
+                  {"lazy_fetched_shards", lazy_->shards.load()},
+                  {"lazy_fetched_bytes", lazy_->bytes.load()}};
   // KV cache (docs/kv-cache.md).
   j["kv"] = kvStatsJson(*kvStats_);
   return j;

@@ -36,6 +36,7 @@ struct EngineOptions {
 
 class TieredWeights;
 struct ForwardCounters;
+struct LazyFetchStats;
 
 class Engine {
  public:
@@ -52,7 +53,7 @@ class Engine {
   std::unique_ptr<KVCache> newKVCache(int64_t capacityTokens);
   // Run statistics: "tiers" {device, host, disk}, "prefetch", "stall_seconds", "placement", "weights",
   // "tokens", "forward_seconds", "tokens_per_second" (docs/tiers.md), "kv" (kvStatsJson: blocks/tokens/bytes per
-  // tier, spill counters).
+  // tier, spill counters), "store" (lazily pulled models: shards deferred and fetched on first use).
   nlohmann::json stats() const;
   // The tiered weight provider, nullptr when weights are resident (no budgets given).
   TieredWeights* tiers() const { return tiered_; }
@@ -67,6 +68,7 @@ class Engine {
   EngineOptions opts_;
   std::shared_ptr<KVStats> kvStats_ = std::make_shared<KVStats>();
   TieredWeights* tiered_ = nullptr;          // weights_ when it is tiered
+  std::shared_ptr<LazyFetchStats> lazy_;     // shards fetched on first use (a lazily pulled model), else null
   std::shared_ptr<ForwardCounters> speed_;  // tokens and seconds spent in Model::forward
 };
 

@@ -71,9 +71,17 @@ std::string checkpointKey(const std::string& dir) {
 }
 }  // namespace
 
-std::string resolveModel(const std::string& arg, const std::string& cacheDir, bool quiet) {
+ResolvedModel resolveModelLazily(const std::string& arg, const std::string& cacheDir, bool quiet, bool lazy) {
   // An http(s) URL of a manifest, or a cache id: the shard store (storage/resolve.h).
-  if (isStoreModelArg(arg)) return resolveStoreModel(arg, cacheRoot(cacheDir), quiet);
+  if (isStoreModelArg(arg)) {
+    StoreModel sm = resolveStoreModel(arg, cacheRoot(cacheDir), quiet, lazy);
+    return {sm.dir, std::move(sm.fetcher), std::move(sm.stats)};
+  }
+  return {resolveModel(arg, cacheDir, quiet), nullptr, nullptr};
+}
+
+std::string resolveModel(const std::string& arg, const std::string& cacheDir, bool quiet) {
+  if (isStoreModelArg(arg)) return resolveStoreModel(arg, cacheRoot(cacheDir), quiet).dir;
   const std::string dir = arg.empty() ? defaultModelDir() : arg;
   if (isRdrrDir(dir)) return dir;
   check(isDirectory(dir), "{}: no such model directory", dir);

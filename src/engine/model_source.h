@@ -4,6 +4,9 @@
 #include <memory>
 #include <string>
 
+#include "format/rdrr_reader.h"
+#include "storage/resolve.h"
+
 namespace doppler {
 
 // The cache root: `override` if non-empty, else $DOPPLER_CACHE, else $XDG_CACHE_HOME/doppler, else
@@ -18,6 +21,15 @@ std::string defaultModelDir();
 // hash of its absolute path, file sizes and modification times) and reused after; "" means the default
 // model. `log` receives one line when a conversion happens. Errors name the path and what is missing.
 std::string resolveModel(const std::string& arg, const std::string& cacheDir, bool quiet = false);
+
+// The same, and for a model served by the shard store with `lazy` (runs that page weights), only the dense
+// shards are fetched now: `fetcher` fetches the others on first use (storage/resolve.h).
+struct ResolvedModel {
+  std::string dir;
+  ShardFetcher fetcher;                   // null unless lazy and served by the store
+  std::shared_ptr<LazyFetchStats> lazy;   // what the fetcher did
+};
+ResolvedModel resolveModelLazily(const std::string& arg, const std::string& cacheDir, bool quiet, bool lazy);
 
 bool isRdrrDir(const std::string& dir);
 bool isHfDir(const std::string& dir);

@@ -27,7 +27,7 @@ struct RdrrModel::Fd {
 
 RdrrModel::~RdrrModel() = default;
 
-std::unique_ptr<RdrrModel> RdrrModel::open(const std::string& dirIn) {
+std::unique_ptr<RdrrModel> RdrrModel::open(const std::string& dirIn, ShardFetcher fetcher) {
   std::string dir = dirIn;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   std::string mpath = joinPath(dir, kRdrrManifestName);
@@ -43,8 +43,14 @@ std::unique_ptr<RdrrModel> RdrrModel::open(const std::string& dirIn) {
   check(archName(m->config_.arch) == mf.architecture, "{}: 'architecture' is '{}' but the config is '{}'", mpath,
         mf.architecture, archName(m->config_.arch));
 
+  m->fetcher_ = std::move(fetcher);
+  m->present_.assign(mf.shards.size(), 1);
   for (const auto& s : mf.shards) {
     std::string p = joinPath(dir, s.filename);
+    if (m->fetcher_ && !isRegularFile(p)) {
+      m->present_[size_t(s.index)] = 0;  // fetched on first use
+      continue;
+    }
     check(isRegularFile(p), "{}: shard {} is missing", p, s.index);
     uint64_t sz = fileSize(p);
     check(sz == s.size, "{}: shard {} is {} bytes, the manifest says {}", p, s.index, sz, s.size);
@@ -132,8 +138,27 @@ uint64_t RdrrModel::byteSize(const std::string& name) const {
 
 // ---- raw I/O ----
 
+bool RdrrModel::shardPresent(int shard) const {
+  shardPath(shard);  // range check
+  if (!fetcher_) return true;
+  std::lock_guard<std::mutex> lk(fetchMu_);
+  return present_[size_t(shard)] != 0;
+}
+
+void RdrrModel::ensurePresent(int shard) const {
+  if (!fetcher_) return;
+  std::lock_guard<std::mutex> lk(fetchMu_);  // one fetch at a time; others wait for it rather than repeat it
+  if (present_[size_t(shard)]) return;
+  const RdrrShard& s = manifest_.shards[size_t(shard)];
+  fetcher_(s);
+  const std::string p = joinPath(dir_, s.filename);
+  check(isRegularFile(p) && fileSize(p) == s.size, "{}: shard {} is still missing after fetching it", p, shard);
+  present_[size_t(shard)] = 1;
+}
+
 std::shared_ptr<RdrrModel::Fd> RdrrModel::fd(int shard) const {
   std::string path = shardPath(shard);
+  ensurePresent(shard);
   std::lock_guard<std::mutex> lk(mu_);
   auto& slot = fds_[size_t(shard)];
   if (slot) return slot;
@@ -175,6 +200,7 @@ void RdrrModel::readRange(int shard, uint64_t offset, uint64_t size, void* dst) 
 
 const MappedFile& RdrrModel::mapped(int shard) const {
   std::string path = shardPath(shard);
+  ensurePresent(shard);
   std::lock_guard<std::mutex> lk(mu_);
   auto& slot = maps_[size_t(shard)];
   if (!slot) {

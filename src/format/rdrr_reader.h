@@ -9,6 +9,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,11 +25,16 @@
 
 namespace doppler {
 
+// Makes a missing shard file present (fetch, verify, publish) or throws an Error naming it. Used for models
+// pulled lazily into the shard store (storage/resolve.h): shards are fetched on their first use.
+using ShardFetcher = std::function<void(const RdrrShard& shard)>;
+
 class RdrrModel {
  public:
   // Parses and validates manifest.json, parses the embedded config, and checks that every shard and
   // tokenizer file exists with the size the manifest gives (cheap: no hashing). Errors name the file.
-  static std::unique_ptr<RdrrModel> open(const std::string& dir);
+  // With a fetcher, shards may be missing: each is fetched through it before its first read or mapping.
+  static std::unique_ptr<RdrrModel> open(const std::string& dir, ShardFetcher fetcher = nullptr);
   ~RdrrModel();
   RdrrModel(const RdrrModel&) = delete;
   RdrrModel& operator=(const RdrrModel&) = delete;
@@ -37,6 +43,8 @@ class RdrrModel {
   const Manifest& manifest() const { return manifest_; }
   const ModelConfig& config() const { return config_; }
   std::string shardPath(int shard) const;
+  // True when the shard's file is present (always, unless the model was opened with a fetcher).
+  bool shardPresent(int shard) const;
 
   // ---- logical tensors ----
   bool has(const std::string& name) const;
@@ -95,6 +103,7 @@ class RdrrModel {
   RdrrModel() = default;
   struct Fd;
   std::shared_ptr<Fd> fd(int shard) const;
+  void ensurePresent(int shard) const;  // runs the fetcher for a missing shard (once at a time per model)
   const MappedFile& mapped(int shard) const;
   void readSpan(const Logical& l, const RdrrTensor& e, uint64_t off, uint64_t n, void* dst) const;
 
@@ -107,6 +116,9 @@ class RdrrModel {
   mutable std::vector<std::unique_ptr<MappedFile>> maps_;
   mutable int openFds_ = 0;
   mutable std::atomic<uint64_t> bytesRead_{0};
+  ShardFetcher fetcher_;
+  mutable std::mutex fetchMu_;
+  mutable std::vector<uint8_t> present_;  // per shard, under fetchMu_ (with a fetcher)
 };
 
 }  // namespace doppler

@@ -284,11 +284,21 @@ void TierCache::prefetch(std::span<const int> units, PrefetchHint hint, int laye
   } else {
     for (int u : units) {
       if (!wanted(u)) continue;
+      if (!onDisk(u)) {  // a guess never fetches a shard from a remote source (lazily pulled models)
+        stats_.prefetch.dropped++;
+        continue;
+      }
       bool queued = std::any_of(queue_.begin(), queue_.end(), [&](const Request& r) { return r.unit == u; });
       if (!queued) queue_.push_back({u, hint, step});
     }
   }
   cv_.notify_all();
+}
+
+bool TierCache::onDisk(int u) const {
+  for (const auto& r : plan_.units[size_t(u)].reads)
+    if (!model_.shardPresent(r.shard)) return false;
+  return true;
 }
 
 void TierCache::prefetchLayerUnit(int u, int layer) {

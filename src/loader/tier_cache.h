@@ -14,7 +14,8 @@
 //     streamed dense layers go by distance to their next use (the next layer is kept);
 //   - a prefetched unit is "pending" until the layer it was fetched for runs: used if acquired, wasted if not.
 //     A prefetch never evicts a pending unit, and a predicted (speculative) one never evicts a more valuable
-//     unit; it is dropped instead.
+//     unit; it is dropped instead. A predicted unit whose shard is not local yet (a lazily pulled model) is
+//     dropped too: guesses never fetch from a remote source.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -108,6 +109,7 @@ class TierCache {
   };
 
   void loadResident(int unit);
+  bool onDisk(int unit) const;  // every shard the unit reads is present locally
   void loaderMain();
   // Loads unit u into its device block (s.dev already allocated); unlocks `lk` around I/O and copies.
   void loadLocked(std::unique_lock<std::mutex>& lk, int u);

@@ -6,33 +6,52 @@ namespace doppler {
 
 TierPool::TierPool(Backend& backend, Tier tier, uint64_t budget) : backend_(backend), tier_(tier), budget_(budget) {}
 
-TierPool::~TierPool() = default;
+TierPool::~TierPool() {
+  for (auto& [a, p] : free_) backend_.release(tier_, p, size_t(a));
+}
+
+void TierPool::dropKeptLocked(uint64_t need) {
+  for (auto it = free_.begin(); it != free_.end() && inUse_ + kept_ + need > budget_;) {
+    backend_.release(tier_, it->second, size_t(it->first));
+    kept_ -= it->first;
+    it = free_.erase(it);
+  }
+}
 
 void* TierPool::tryAllocate(uint64_t bytes) {
   const uint64_t a = accounted(bytes);
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (a > budget_ || inUse_ > budget_ - a) return nullptr;
-    inUse_ += a;  // reserve first so that concurrent callers cannot both pass the check
-    peak_ = std::max(peak_, inUse_);
-    allocations_++;
+  std::lock_guard<std::mutex> lk(mu_);  // held across the backend call: allocations are rare next to reuse
+  if (a > budget_ || inUse_ > budget_ - a) return nullptr;
+  void* p = nullptr;
+  if (auto it = free_.find(a); it != free_.end()) {  // a kept buffer of this size
+    p = it->second;
+    free_.erase(it);
+    kept_ -= a;
+  } else {
+    dropKeptLocked(a);
+    try {
+      p = backend_.allocate(tier_, size_t(a));
+    } catch (...) {
+      // Out of memory below the budget: give every kept buffer back and try once more.
+      for (auto& [sz, q] : free_) backend_.release(tier_, q, size_t(sz));
+      free_.clear();
+      kept_ = 0;
+      p = backend_.allocate(tier_, size_t(a));
+    }
   }
-  try {
-    return backend_.allocate(tier_, size_t(a));
-  } catch (...) {
-    std::lock_guard<std::mutex> lk(mu_);
-    inUse_ -= a;
-    allocations_--;
-    throw;
-  }
+  inUse_ += a;
+  peak_ = std::max(peak_, inUse_);
+  allocations_++;
+  return p;
 }
 
 void TierPool::release(void* p, uint64_t bytes) {
   if (!p) return;
   const uint64_t a = accounted(bytes);
-  backend_.release(tier_, p, size_t(a));
   std::lock_guard<std::mutex> lk(mu_);
   inUse_ -= std::min(inUse_, a);
+  free_.emplace(a, p);
+  kept_ += a;
 }
 
 uint64_t TierPool::inUse() const {
@@ -47,6 +66,11 @@ uint64_t TierPool::allocations() const {
   std::lock_guard<std::mutex> lk(mu_);
   return allocations_;
 }
+uint64_t TierPool::kept() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return kept_;
+}
+
 uint64_t TierPool::available() const {
   std::lock_guard<std::mutex> lk(mu_);
   return budget_ - std::min(budget_, inUse_);

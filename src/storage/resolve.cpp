@@ -12,8 +12,8 @@ namespace doppler {
 
 namespace {
 // Leases taken by resolveStoreModel live as long as the process.
-std::vector<ModelLease>& heldLeases() {
-  static auto* v = new std::vector<ModelLease>();
+std::vector<std::shared_ptr<ModelLease>>& heldLeases() {
+  static auto* v = new std::vector<std::shared_ptr<ModelLease>>();
   return *v;
 }
 std::mutex leaseMu;
@@ -21,18 +21,34 @@ std::mutex leaseMu;
 
 bool isStoreModelArg(const std::string& arg) { return isUrl(arg) || (!arg.empty() && !pathExists(arg)); }
 
-std::string resolveStoreModel(const std::string& arg, const std::string& cacheRoot, bool quiet) {
+std::vector<bool> denseShards(const Manifest& m) {
+  std::vector<bool> dense(m.shards.size(), false);
+  for (const auto& [name, t] : m.tensors)
+    if (t.role != TensorRole::Expert && t.shard >= 0 && size_t(t.shard) < dense.size()) dense[size_t(t.shard)] = true;
+  return dense;
+}
+
+StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoot, bool quiet, bool lazy) {
   std::unique_ptr<ProgressBar> bar;
   if (!quiet) bar = std::make_unique<ProgressBar>("pull", 0);
-  ModelLease lease;
+  auto lease = std::make_shared<ModelLease>();
+  // Lazy: now only the tokenizer files and the shards holding dense tensors; expert-only shards on first use.
+  FileFilter only;
+  if (lazy)
+    only = [](const Manifest& m, const std::string& file) {
+      const std::vector<bool> dense = denseShards(m);
+      for (const auto& s : m.shards)
+        if (s.filename == file) return bool(dense[size_t(s.index)]);
+      return true;
+    };
   if (isUrl(arg)) {
     Store store(cacheRoot);
     if (auto ref = store.find(arg)) {
-      lease = store.lease(*ref);
-      store.ensureComplete(lease, nullptr, bar.get());
+      *lease = store.lease(*ref);
+      store.ensureComplete(*lease, nullptr, bar.get(), FetchOptions::fromEnvironment(), only);
     } else {
       auto src = openSource(arg);
-      lease = store.pull(*src, bar.get());
+      *lease = store.pull(*src, bar.get(), nullptr, only);
     }
   } else {
     Store probe(cacheRoot, true, false);
@@ -42,14 +58,31 @@ std::string resolveStoreModel(const std::string& arg, const std::string& cacheRo
       fail("{}: no such model directory, and no model '{}' in the cache ({}); pull it with `doppler pull URL`", arg,
            arg, probe.dir());
     Store store(cacheRoot);
-    lease = store.lease(*ref);
-    store.ensureComplete(lease, nullptr, bar.get());
+    *lease = store.lease(*ref);
+    store.ensureComplete(*lease, nullptr, bar.get(), FetchOptions::fromEnvironment(), only);
   }
   if (bar && bar->done() > 0) bar->finish();
-  std::string dir = lease.ref.dir;
+  StoreModel out;
+  out.dir = lease->ref.dir;
+  if (lazy) {
+    out.stats = std::make_shared<LazyFetchStats>();
+    const std::string mp = joinPath(out.dir, kRdrrManifestName);
+    const Manifest m = parseManifest(readFile(mp), mp);
+    for (const auto& s : m.shards)
+      if (!isRegularFile(joinPath(out.dir, s.filename))) out.stats->deferred++;
+    // Called by RdrrModel (one fetch at a time per model) for an expert shard on its first use; the store
+    // verifies it before it becomes visible. The source is the one the model was pulled from.
+    out.fetcher = [cacheRoot, lease, stats = out.stats](const RdrrShard& s) {
+      Store store(cacheRoot);
+      PullStats ps = store.ensureComplete(*lease, nullptr, nullptr, FetchOptions::fromEnvironment(),
+                                          [&](const Manifest&, const std::string& f) { return f == s.filename; });
+      stats->shards += uint64_t(ps.fetched);
+      stats->bytes += ps.bytesFetched;
+    };
+  }
   std::lock_guard<std::mutex> lk(leaseMu);
-  heldLeases().push_back(std::move(lease));
-  return dir;
+  heldLeases().push_back(lease);
+  return out;
 }
 
 }  // namespace doppler

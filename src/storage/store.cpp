@@ -379,7 +379,13 @@ ModelRef Store::install(const std::string& bytes, const Manifest& m, const std::
   return ref;
 }
 
-ModelLease Store::pull(Source& src, ProgressBar* progress, PullStats* statsOut) {
+std::vector<Store::Blob> Store::filtered(const Manifest& m, const FileFilter& only) {
+  std::vector<Blob> blobs = blobsOf(m);
+  if (only) std::erase_if(blobs, [&](const Blob& b) { return !only(m, b.file); });
+  return blobs;
+}
+
+ModelLease Store::pull(Source& src, ProgressBar* progress, PullStats* statsOut, const FileFilter& only) {
   const std::string name = manifestNameOf(src.spec());
   std::string bytes = src.fetchFile(name, kMaxManifestBytes);
   Manifest m = parseManifest(bytes, src.locate(name));
@@ -391,7 +397,7 @@ ModelLease Store::pull(Source& src, ProgressBar* progress, PullStats* statsOut) 
   }
   touch(joinPath(lease.ref.dir, kLastUsedFile));
   PullStats stats;
-  fetchAll(lease.ref, blobsOf(m), &src, FetchOptions{}, progress, stats);
+  fetchAll(lease.ref, filtered(m, only), &src, FetchOptions{}, progress, stats);
   if (statsOut) *statsOut = stats;
   return lease;
 }
@@ -408,9 +414,10 @@ ModelLease Store::lease(const ModelRef& ref) const {
   return l;
 }
 
-PullStats Store::ensureComplete(const ModelLease& lease, Source* src, ProgressBar* progress, const FetchOptions& fetch) {
+PullStats Store::ensureComplete(const ModelLease& lease, Source* src, ProgressBar* progress, const FetchOptions& fetch,
+                                const FileFilter& only) {
   PullStats stats;
-  fetchAll(lease.ref, blobsOf(loadManifest(lease.ref)), src, fetch, progress, stats);
+  fetchAll(lease.ref, filtered(loadManifest(lease.ref), only), src, fetch, progress, stats);
   return stats;
 }
 

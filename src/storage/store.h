@@ -81,6 +81,9 @@ struct GcReport {
   int removedPartials = 0, removedTemp = 0;
 };
 
+// Which of a model's files to fetch now (by file name in the model dir, given its manifest); null: all.
+using FileFilter = std::function<bool(const Manifest& m, const std::string& file)>;
+
 class Store {
  public:
   // cacheRoot: the cache directory (engine/model_source.h cacheRoot()); the store lives in <cacheRoot>/store.
@@ -93,7 +96,10 @@ class Store {
   // Fetches the manifest from `src`, records the revision, then fetches every file that is missing or fails
   // verification. The model is leased while it is pulled; the lease is returned (keep it while using the
   // model). `progress` (may be null) counts the bytes to fetch.
-  ModelLease pull(Source& src, ProgressBar* progress = nullptr, PullStats* stats = nullptr);
+  // `only`: fetch just these files now (a lazy pull: the rest are fetched on first use, through
+  // ensureComplete with a filter naming them).
+  ModelLease pull(Source& src, ProgressBar* progress = nullptr, PullStats* stats = nullptr,
+                  const FileFilter& only = nullptr);
 
   // A cached model: a source spec pulled before (URL or path) or a cache id "ID" / "ID@REV" (REV: a prefix
   // of the revision; without it the most recently pulled revision). nullopt if the cache has none.
@@ -102,8 +108,10 @@ class Store {
   ModelLease lease(const ModelRef& ref) const;
   // Makes every file of a leased model present and verified, fetching from `src` (or, if null, the source
   // it was pulled from, opened only when something is missing). Returns what was fetched.
+  // `only`: just the files it accepts (null: every file).
   PullStats ensureComplete(const ModelLease& lease, Source* src = nullptr, ProgressBar* progress = nullptr,
-                           const FetchOptions& fetch = FetchOptions::fromEnvironment());
+                           const FetchOptions& fetch = FetchOptions::fromEnvironment(),
+                           const FileFilter& only = nullptr);
 
   std::vector<ModelInfo> list() const;
   // Re-hashes every blob; corrupt ones are quarantined (and listed). Missing files of models are listed.
@@ -130,6 +138,7 @@ class Store {
     uint64_t size = 0;
   };
   static std::vector<Blob> blobsOf(const Manifest& m);
+  static std::vector<Blob> filtered(const Manifest& m, const FileFilter& only);
   Manifest loadManifest(const ModelRef& ref) const;
   // Cheap check (identity recorded at the last verification), else a full check.
   bool blobGood(const std::string& hash, uint64_t size, bool* healed = nullptr);

@@ -86,7 +86,9 @@ TEST_P(ArchParity, EvalWithTightTiersAndSpilledKV) {
   eo.vram = p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes;
   eo.ram = p.expertTotalBytes / 2;
   {
-    auto probe = Engine::open(tmp / "m.rdrr", EngineOptions{.quiet = true});
+    EngineOptions plain;
+    plain.quiet = true;
+    auto probe = Engine::open(tmp / "m.rdrr", plain);
     eo.kvVram = uint64_t(32 * kvBytesPerToken(probe->model().kvShapes(), KVDType::F32, 16));
   }
   auto engine = Engine::open(tmp / "m.rdrr", eo);
@@ -359,7 +361,7 @@ TEST(KimiK2, TiktokenModelDirTokenizesConvertsAndEvaluates) {
   nlohmann::json cases = nlohmann::json::parse(std::ifstream(tk + "/cases.json"));
   ASSERT_GT(cases.size(), 10u);
   const std::string prompt = "The quick brown fox jumps over the lazy dog. def main(): return 0";
-  for (const std::string text : {prompt, std::string("<|im_start|>user\nhi<|im_end|>")})
+  for (const std::string& text : {prompt, std::string("<|im_start|>user\nhi<|im_end|>")})
     EXPECT_EQ(kimi->encode(text, false), hf->encode(text, false)) << text;
   for (const auto& c : cases) {
     const std::string text = c["text"].get<std::string>();

@@ -16,8 +16,11 @@
 #include <fmt/format.h>
 
 #include "core/fs_util.h"
+#include "core/json_util.h"
 #include "core/sha256.h"
 #include "http_test_server.h"
+#include "loader/placement.h"
+#include "storage/resolve.h"
 #include "storage/store.h"
 
 extern char** environ;
@@ -282,6 +285,70 @@ TEST_F(PullCli, CacheLsGcRm) {
   auto rm2 = runCli("cache rm mixtral-tiny" + cacheArg());
   EXPECT_EQ(rm2.exitCode, 1);
   EXPECT_NE(rm2.err.find("no model 'mixtral-tiny'"), std::string::npos) << rm2.err;
+}
+
+}  // namespace
+
+namespace {
+
+// Lazy pulls: with paged weights (--vram/--ram) a run through an HTTP origin fetches the tokenizer files and the
+// shards holding dense tensors up front, and an expert-only shard only when its expert is routed. 64 KiB
+// shards put each of the fixture's experts (48 KiB in bf16) in a shard of its own.
+TEST(LazyPull, PagedRunFetchesDenseShardsAndOnlyRoutedExperts) {
+  ::setenv("DOPPLER_HTTP_TIMEOUT", "0.5", 1);
+  TempDir tmp, cache;
+  const Manifest m = test::convertMixtralFixture(tmp / "m.rdrr", 64 << 10).manifest;
+  TestOrigin origin(tmp / "m.rdrr");
+  const std::string url = origin.url("manifest.json");
+  const std::vector<bool> dense = denseShards(m);
+  uint64_t modelBytes = 0;
+  size_t expertShards = 0;
+  for (const auto& s : m.shards) {
+    modelBytes += s.size;
+    if (!dense[size_t(s.index)]) expertShards++;
+  }
+  ASSERT_GE(expertShards, 16u) << "the fixture's experts should sit in shards of their own";
+  // About 2 experts per layer in the device tier, half of them in host RAM (as in the paging tests).
+  const TierPlan p = planTiers(*RdrrModel::open(tmp / "m.rdrr"), uint64_t(1) << 50, uint64_t(1) << 50, false);
+  const std::string budgets = fmt::format(" --vram {} --ram {} --cache-dir {}",
+                                          p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes,
+                                          p.expertTotalBytes / 2, shellQuote(cache.path()));
+
+  // A one-token generation routes 2 of 8 experts per layer (prefill of a short prompt: a few more).
+  auto r = runCli("run " + shellQuote(url) + " -p hi -n 1 --temp 0" + budgets + " --stats-json " +
+                  shellQuote(tmp / "run.json"));
+  ASSERT_EQ(r.exitCode, 0) << r.out << r.err;
+  size_t expertFetched = 0;
+  uint64_t shardBytes = 0;
+  for (const auto& s : m.shards) {
+    const uint64_t n = origin.requests(s.filename);
+    EXPECT_LE(n, 1u) << s.filename;
+    if (dense[size_t(s.index)]) EXPECT_EQ(n, 1u) << s.filename << " holds dense tensors: fetched up front";
+    else expertFetched += n;
+    shardBytes += origin.bytesSent(s.filename);
+  }
+  EXPECT_GT(expertFetched, 0u);
+  EXPECT_LT(expertFetched, expertShards) << "only the routed experts' shards are fetched";
+  EXPECT_LT(shardBytes, modelBytes);
+  const Json st = readJsonFile(tmp / "run.json");
+  EXPECT_EQ(st["store"]["lazy_deferred_shards"].get<uint64_t>(), expertShards) << st.dump();
+  EXPECT_EQ(st["store"]["lazy_fetched_shards"].get<uint64_t>(), expertFetched) << st.dump();
+  std::printf("lazy run: %zu of %zu expert shards fetched, %llu of %llu shard bytes\n", expertFetched, expertShards,
+              (unsigned long long)shardBytes, (unsigned long long)modelBytes);
+
+  // A paged eval of the same URL passes at 1e-4 and fetches more experts (each shard still fetched once) ...
+  auto e = runCli("eval " + shellQuote(url) + " --reference " +
+                  shellQuote(test::dataPath("hf/mixtral/reference.safetensors")) + budgets);
+  ASSERT_EQ(e.exitCode, 0) << e.out << e.err;
+  EXPECT_NE(e.out.find("PASS"), std::string::npos) << e.out;
+  for (const auto& s : m.shards) EXPECT_LE(origin.requests(s.filename), 1u) << s.filename;
+  // ... and runs again from the cache alone once the origin is gone.
+  origin.stop();
+  auto offline = runCli("eval " + shellQuote(url) + " --reference " +
+                        shellQuote(test::dataPath("hf/mixtral/reference.safetensors")) + budgets);
+  EXPECT_EQ(offline.exitCode, 0) << offline.out << offline.err;
+  test::expectNoCorruptBlob(cache / "store");
+  ::unsetenv("DOPPLER_HTTP_TIMEOUT");
 }
 
 }  // namespace

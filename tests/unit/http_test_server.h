@@ -213,12 +213,17 @@ class TestOrigin {
         size_t n = std::min(chunk, length - sent);
         if (f.kind == Fault::Drop || f.kind == Fault::Stall) n = std::min<size_t>(n, f.at - sent);
         if (offset + sent + n > data->size()) return false;
-        if (!sink.write(data->data() + offset + sent, n)) return false;
-        sent += n;
-        {
+        {  // counted before the write: the client may have the bytes (and the test read the counter) before
+           // this thread runs again
           std::lock_guard<std::mutex> lk(mu_);
           counts_[name].bytes += n;
         }
+        if (!sink.write(data->data() + offset + sent, n)) {
+          std::lock_guard<std::mutex> lk(mu_);
+          counts_[name].bytes -= n;
+          return false;
+        }
+        sent += n;
         if (uint64_t r = rate_.load()) {
           auto due = t0 + std::chrono::duration<double>(double(sent) / double(r));
           while (!stopping_ && std::chrono::steady_clock::now() < due)

@@ -179,4 +179,32 @@ TEST(TiersPool, EnforcesBudgetAndTracksPeak) {
   EXPECT_EQ(pool.tryAllocate(2000), nullptr);
 }
 
+// Released buffers are reused for the same size, and given back when another size needs the room: the bytes
+// held (in use + kept) never exceed the budget.
+TEST(TiersPool, KeepsReleasedBuffersWithinTheBudget) {
+  auto b = makeCpuBackend();
+  TierPool pool(*b, Tier::Device, 1024);
+  void* a = pool.tryAllocate(512);
+  void* c = pool.tryAllocate(256);
+  ASSERT_TRUE(a && c);
+  pool.release(a, 512);
+  EXPECT_EQ(pool.inUse(), 256u);
+  EXPECT_EQ(pool.kept(), 512u);
+  void* again = pool.tryAllocate(500);  // accounted 512: the kept buffer comes back
+  EXPECT_EQ(again, a);
+  EXPECT_EQ(pool.kept(), 0u);
+  pool.release(again, 500);
+  void* big = pool.tryAllocate(768);  // 256 + 512 kept + 768 > 1024: the kept buffer is given back first
+  ASSERT_NE(big, nullptr);
+  EXPECT_EQ(pool.kept(), 0u);
+  EXPECT_EQ(pool.inUse(), 1024u);
+  EXPECT_LE(pool.inUse() + pool.kept(), pool.budget());
+  EXPECT_EQ(pool.tryAllocate(64), nullptr);
+  pool.release(big, 768);
+  pool.release(c, 256);
+  EXPECT_EQ(pool.inUse(), 0u);
+  EXPECT_EQ(pool.kept(), 1024u);
+  EXPECT_EQ(pool.peak(), 1024u);
+}
+
 }  // namespace
