@@ -7,6 +7,7 @@
 
 #include "core/fs_util.h"
 #include "core/size.h"
+#include "app/swarm_cli.h"
 #include "engine/engine.h"
 
 namespace doppler::app {
@@ -86,6 +87,9 @@ inline void addEngineOptions(CLI::App& sub, EngineOptions& o) {
       "Store all full KV blocks in --kv-dtype, or only the spilled ones: all|spilled (default all)");
   sub.add_option("--kv-block", o.kvBlock, "Tokens per KV block (default 16)")->check(CLI::Range(1, 65536));
   addTierOptions(sub, o);
+  // The swarm tier for models served by the store (docs/swarm.md).
+  addSwarmOptions(sub, o.swarm.swarm, true);
+  sub.add_flag("--no-origin", o.swarm.noOrigin, "With --peer: never fetch shard bytes from the model's origin");
 }
 
 }  // namespace doppler::app

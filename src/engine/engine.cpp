@@ -44,7 +44,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
   e->opts_ = opts;
   // A model from the shard store is fetched lazily when weights are paged: dense shards now, experts on use.
   const bool paged = opts.vram || opts.ram;
-  ResolvedModel rm = resolveModelLazily(modelArg, opts.cacheDir, opts.quiet, paged);
+  ResolvedModel rm = resolveModelLazily(modelArg, opts.cacheDir, opts.quiet, paged, opts.swarm);
   e->dir_ = rm.dir;
   e->lazy_ = rm.lazy;
   e->rdrr_ = RdrrModel::open(e->dir_, std::move(rm.fetcher));

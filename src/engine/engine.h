@@ -12,6 +12,7 @@
 #include "kv/kv_cache.h"
 #include "loader/weights.h"
 #include "model/model.h"
+#include "storage/resolve.h"
 
 namespace doppler {
 
@@ -32,6 +33,8 @@ struct EngineOptions {
   bool prefetch = true;                    // asynchronous loads of needed/predicted experts and the next layer
   bool printStats = false;                 // --stats: print the run statistics (stderr) after the command
   std::string statsJson;                   // --stats-json PATH: write them as JSON
+  // The swarm tier (issue #6, docs/swarm.md): peers for a model served by the store (--peer, --no-origin, ...).
+  StoreSwarmOptions swarm;
 };
 
 class TieredWeights;

@@ -71,10 +71,11 @@ std::string checkpointKey(const std::string& dir) {
 }
 }  // namespace
 
-ResolvedModel resolveModelLazily(const std::string& arg, const std::string& cacheDir, bool quiet, bool lazy) {
+ResolvedModel resolveModelLazily(const std::string& arg, const std::string& cacheDir, bool quiet, bool lazy,
+                                 const StoreSwarmOptions& swarm) {
   // An http(s) URL of a manifest, or a cache id: the shard store (storage/resolve.h).
   if (isStoreModelArg(arg)) {
-    StoreModel sm = resolveStoreModel(arg, cacheRoot(cacheDir), quiet, lazy);
+    StoreModel sm = resolveStoreModel(arg, cacheRoot(cacheDir), quiet, lazy, swarm);
     return {sm.dir, std::move(sm.fetcher), std::move(sm.stats)};
   }
   return {resolveModel(arg, cacheDir, quiet), nullptr, nullptr};

@@ -29,7 +29,8 @@ struct ResolvedModel {
   ShardFetcher fetcher;                   // null unless lazy and served by the store
   std::shared_ptr<LazyFetchStats> lazy;   // what the fetcher did
 };
-ResolvedModel resolveModelLazily(const std::string& arg, const std::string& cacheDir, bool quiet, bool lazy);
+ResolvedModel resolveModelLazily(const std::string& arg, const std::string& cacheDir, bool quiet, bool lazy,
+                                 const StoreSwarmOptions& swarm = {});
 
 bool isRdrrDir(const std::string& dir);
 bool isHfDir(const std::string& dir);

@@ -28,7 +28,8 @@ std::vector<bool> denseShards(const Manifest& m) {
   return dense;
 }
 
-StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoot, bool quiet, bool lazy) {
+StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoot, bool quiet, bool lazy,
+                             const StoreSwarmOptions& swarm) {
   std::unique_ptr<ProgressBar> bar;
   if (!quiet) bar = std::make_unique<ProgressBar>("pull", 0);
   auto lease = std::make_shared<ModelLease>();
@@ -41,13 +42,22 @@ StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoo
         if (s.filename == file) return bool(dense[size_t(s.index)]);
       return true;
     };
-  if (isUrl(arg)) {
+  // With peers: one swarm source for the whole run (the fetcher keeps it), peers first, the origin after.
+  std::shared_ptr<Source> src;
+  auto swarmSource = [&](const std::string& spec) {
+    if (!swarm.enabled()) return;
+    src = openPullSource(spec, swarm.swarm, swarm.noOrigin, FetchOptions::fromEnvironment(),
+                         joinPath(Store(cacheRoot).dir(), "swarm"), quiet);
+  };
+  if (isUrl(arg) || isSwarmSpec(arg)) {
     Store store(cacheRoot);
     if (auto ref = store.find(arg)) {
       *lease = store.lease(*ref);
-      store.ensureComplete(*lease, nullptr, bar.get(), FetchOptions::fromEnvironment(), only);
+      swarmSource(arg);
+      store.ensureComplete(*lease, src.get(), bar.get(), FetchOptions::fromEnvironment(), only);
     } else {
-      auto src = openSource(arg);
+      swarmSource(arg);
+      if (!src) src = openSource(arg);
       *lease = store.pull(*src, bar.get(), nullptr, only);
     }
   } else {
@@ -59,7 +69,8 @@ StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoo
            arg, probe.dir());
     Store store(cacheRoot);
     *lease = store.lease(*ref);
-    store.ensureComplete(*lease, nullptr, bar.get(), FetchOptions::fromEnvironment(), only);
+    swarmSource(readFile(joinPath(ref->dir, ".source")));
+    store.ensureComplete(*lease, src.get(), bar.get(), FetchOptions::fromEnvironment(), only);
   }
   if (bar && bar->done() > 0) bar->finish();
   StoreModel out;
@@ -72,9 +83,9 @@ StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoo
       if (!isRegularFile(joinPath(out.dir, s.filename))) out.stats->deferred++;
     // Called by RdrrModel (one fetch at a time per model) for an expert shard on its first use; the store
     // verifies it before it becomes visible. The source is the one the model was pulled from.
-    out.fetcher = [cacheRoot, lease, stats = out.stats](const RdrrShard& s) {
+    out.fetcher = [cacheRoot, lease, stats = out.stats, src](const RdrrShard& s) {
       Store store(cacheRoot);
-      PullStats ps = store.ensureComplete(*lease, nullptr, nullptr, FetchOptions::fromEnvironment(),
+      PullStats ps = store.ensureComplete(*lease, src.get(), nullptr, FetchOptions::fromEnvironment(),
                                           [&](const Manifest&, const std::string& f) { return f == s.filename; });
       stats->shards += uint64_t(ps.fetched);
       stats->bytes += ps.bytesFetched;

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "format/rdrr_reader.h"
+#include "storage/swarm.h"
 
 namespace doppler {
 
@@ -33,7 +34,15 @@ struct StoreModel {
 // only the dense shards and tokenizer files; see above). The model stays leased (gc will not evict it) until
 // the process exits. quiet: no progress on stderr. Error if an id is unknown ("<arg>: no such model
 // directory, and no model '<arg>' in the cache (...)").
-StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoot, bool quiet, bool lazy = false);
+// swarm: with peers (or LSD/DHT), files (dense shards now, experts on first use) come from the swarm first and
+// from the model's origin after, unless noOrigin (docs/swarm.md); the swarm session lives as long as the fetcher.
+struct StoreSwarmOptions {
+  SwarmOptions swarm;
+  bool noOrigin = false;
+  bool enabled() const { return !swarm.peers.empty() || swarm.lsd || swarm.dht; }
+};
+StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoot, bool quiet, bool lazy = false,
+                             const StoreSwarmOptions& swarm = {});
 
 // The shards that hold at least one tensor other than a routed expert's (the ones a lazy pull fetches first).
 std::vector<bool> denseShards(const Manifest& m);

@@ -4,6 +4,8 @@
 //   - the seed is SIGKILLed mid-transfer: the puller completes from the origin (plain HTTP fallback), and with two
 //     seeds from the other one with --no-origin
 //   - a peer serving corrupted data is banned; the model still ends correct
+//   - lazy expert fetch: a paged eval of a store model gets its dense shards and only the routed experts' shards
+//     from a seeding peer (--no-origin: the origin serves the manifest and swarm.torrent, no shard byte)
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -20,6 +22,8 @@
 #include "core/fs_util.h"
 #include "core/json_util.h"
 #include "http_test_server.h"
+#include "loader/placement.h"
+#include "storage/resolve.h"
 #include "storage/store.h"
 #include "storage/swarm.h"
 
@@ -319,4 +323,43 @@ TEST_F(Swarm, PeerServingCorruptDataIsBannedAndTheModelEndsCorrect) {
   // (Whether some of the liar's good files were used before the ban depends on libtorrent's piece order.)
   EXPECT_GT(origin.bytesSent(victim.filename), 0u);
   expectCacheGood(tmp_ / "c");
+}
+
+TEST_F(Swarm, PagedEvalFetchesOnlyRoutedExpertsFromASeedingPeer) {
+  // 64 KiB shards put each of the fixture's experts in a shard of its own.
+  TempDir d;
+  const Manifest m = test::convertMixtralFixture(d / "m.rdrr", 64 << 10).manifest;
+  std::string s;
+  auto seeder = seed(d / "m.rdrr", "lazyseed", {}, &s);  // writes m.rdrr/swarm.torrent
+  ASSERT_FALSE(s.empty());
+  TestOrigin origin(d / "m.rdrr");
+  const std::vector<bool> dense = denseShards(m);
+  size_t expertShards = 0;
+  for (const auto& sh : m.shards) expertShards += !dense[size_t(sh.index)];
+  ASSERT_GE(expertShards, 16u);
+  const TierPlan p = planTiers(*RdrrModel::open(d / "m.rdrr"), uint64_t(1) << 50, uint64_t(1) << 50, false);
+  const std::string args = " " + shellQuote(origin.url("manifest.json")) +
+                           fmt::format(" --vram {} --ram {}", p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes,
+                                       p.expertTotalBytes / 2) +
+                           " --peer " + s + " --no-origin --cache-dir " + shellQuote(tmp_ / "c");
+  // A one-token generation routes a few of the 8 experts per layer: only their shards come from the peer.
+  auto r = runCli("run -p hi -n 1 --temp 0" + args + " --stats-json " + shellQuote(tmp_ / "r.json"));
+  ASSERT_EQ(r.exitCode, 0) << r.out << r.err;
+  const Json st = readJsonFile(tmp_ / "r.json");
+  EXPECT_EQ(st["store"]["lazy_deferred_shards"].get<uint64_t>(), expertShards) << st.dump();
+  const uint64_t fetched = st["store"]["lazy_fetched_shards"].get<uint64_t>();
+  EXPECT_GT(fetched, 0u) << st.dump();
+  EXPECT_LT(fetched, expertShards) << "only the routed experts' shards come from the peer";
+  {
+    Store store(tmp_ / "c", false);
+  test::expectNoCorruptBlob(store.dir());
+}
+  // The paged eval (it routes more experts, fetched from the peer as they are first used) passes at 1e-4.
+  auto e = runCli("eval --reference " + shellQuote(test::dataPath("hf/mixtral/reference.safetensors")) + args);
+  ASSERT_EQ(e.exitCode, 0) << e.out << e.err;
+  EXPECT_NE(e.out.find("PASS"), std::string::npos) << e.out;
+  EXPECT_EQ(seeder->stop(SIGTERM), 0);
+  for (const auto& sh : m.shards) EXPECT_EQ(origin.requests(sh.filename), 0u) << sh.filename << ": from the origin";
+  Store store(tmp_ / "c", false);
+  test::expectNoCorruptBlob(store.dir());
 }
