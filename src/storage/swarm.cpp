@@ -446,6 +446,7 @@ struct SwarmSource::Impl {
   SwarmStats st;
   uint64_t requests = 0;
   Clock::time_point started = Clock::now(), lastConnect = Clock::now(), lastPoll = Clock::now();
+  Clock::time_point lastPeerSeen = Clock::now();  // the last time at least one peer was connected
   bool swarmFailed = false;  // no metadata: everything from the origin
   std::string swarmError;
   std::vector<lt::alert*> alerts;
@@ -461,6 +462,7 @@ struct SwarmSource::Impl {
   void refresh() {
     lastPoll = Clock::now();
     lt::torrent_status s = h.status();
+    if (s.num_peers > 0) lastPeerSeen = Clock::now();
     st.bytesFromPeers = uint64_t(s.total_payload_download);
     st.bytesUploaded = uint64_t(s.total_payload_upload);
     h.get_peer_info(pinfo);
@@ -678,6 +680,13 @@ void SwarmSource::fetchRange(const std::string& name, uint64_t offset, uint64_t 
         locate(name), offset, size, fileSize);
   if (size == 0) return;
   d.setPriority(i, lt::top_priority);
+  const auto fetchStart = Clock::now();
+  // Peers gone for a while (a long run between two lazy fetches: idle connections get closed): ask again now and
+  // give them a few seconds before deciding nobody is there.
+  const double reconnectGrace = since(d.lastPeerSeen) > 60 ? 3.0 : 0.0;
+  if (d.h.status().num_peers == 0)
+    for (const auto& ep : d.peers)
+      if (!d.bannedEps.count(endpointStr(ep))) d.h.connect_peer(ep);
   auto lastProgress = Clock::now();
   int64_t lastBytes = -1;
   std::vector<std::int64_t> fp;
@@ -690,8 +699,10 @@ void SwarmSource::fetchRange(const std::string& name, uint64_t offset, uint64_t 
       lastProgress = Clock::now();
     }
     lt::torrent_status s = d.h.status();
-    // Nobody to get it from: no peer connected long after the session started.
-    bool nobody = s.num_peers == 0 && since(d.started) > d.o.peerTimeout;
+    if (s.num_peers > 0) d.lastPeerSeen = Clock::now();
+    // Nobody to get it from: no peer connected for peerTimeout (and the reconnect grace has passed).
+    bool nobody = s.num_peers == 0 && since(d.started) > d.o.peerTimeout && since(d.lastPeerSeen) > d.o.peerTimeout &&
+                  since(fetchStart) >= reconnectGrace;
     if (nobody || since(lastProgress) > d.o.peerTimeout || !d.swarmError.empty()) {
       d.setPriority(i, lt::dont_download);
       std::string why = !d.swarmError.empty() ? d.swarmError
