@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -75,9 +77,30 @@ class Backend {
   virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) = 0;
   // y[i] += a * x[i]
   virtual void axpy(float a, const float* x, int64_t n, float* y) = 0;
+  // y[i] = value for i < n (device memory). Default: through copy() from a host array.
+  virtual void fill(float* y, int64_t n, float value) {
+    std::vector<float> v(static_cast<size_t>(n), value);
+    copy(y, Tier::Device, v.data(), Tier::Host, v.size() * sizeof(float));
+  }
+
+  // True when device-tier memory is ordinary host memory that host code may read and write directly (the CPU
+  // backend). False on a GPU: host code must go through copy().
+  virtual bool hostVisible() const { return false; }
+  // Waits until every op issued so far has finished (ops of asynchronous backends run in issue order; copy()
+  // to the host tier waits by itself).
+  virtual void synchronize() {}
+  // Physical device memory (a GPU's total and currently free bytes); false when the device tier is emulated.
+  virtual bool deviceMemory(uint64_t* total, uint64_t* free) const { return false; }
 };
 
 std::unique_ptr<Backend> makeCpuBackend();
+
+// ---- backend selection (backend/backend_factory.cpp) ----
+// "cpu", "cuda" (Error naming the reason when no GPU is usable) or "auto" (cuda when a GPU is usable, else cpu).
+std::unique_ptr<Backend> makeBackend(std::string_view kind);
+bool cudaCompiled();                         // this build has the CUDA backend
+int cudaDeviceCount(std::string* why = nullptr);  // usable GPUs (0 with the reason in *why)
+std::string cudaDeviceSummary();             // "NVIDIA H200, 139.8 GiB, sm_90, 132 SMs, driver 13.0" or "none (...)"
 
 }  // namespace doppler
 

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/model_source.h"
 #include "loader/rdrr_weights.h"
@@ -44,8 +45,15 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
   e->opts_ = opts;
   e->dir_ = resolveModel(modelArg, opts.cacheDir, opts.quiet);
   e->rdrr_ = RdrrModel::open(e->dir_);
-  e->backend_ = makeCpuBackend();
-  if (opts.vram || opts.ram) {  // paged through budgeted tiers (docs/tiers.md)
+  e->backend_ = makeBackend(opts.backend);
+  // On a GPU the weights must be in its memory: always through the tier manager, resident when they fit the
+  // device budget (--vram, default the GPU's free memory less headroom), else paged.
+  const bool gpu = !e->backend_->hostVisible();
+  if (gpu)
+    check(opts.kvDtype == KVDType::F32,
+          "--kv-dtype {}: KV compression runs on the CPU backend only for now (use f32 with --backend cuda)",
+          kvDTypeName(opts.kvDtype));
+  if (opts.vram || opts.ram || gpu) {  // paged through budgeted tiers (docs/tiers.md)
     uint64_t shardBytes = 0;
     for (const auto& s : e->rdrr_->manifest().shards) shardBytes += s.size;
     TierBudgets b = resolveBudgets(detectCapabilities(*e->backend_, cacheRoot(opts.cacheDir)), opts.vram, opts.ram,

@@ -40,7 +40,14 @@ ParamVec DecoderModel::paramsOf(const WeightView& w, const std::string& name, in
         size);
   check(isFloat(w.dtype), "tensor {}: dtype {} is not a float type", name, dtypeName(w.dtype));
   std::vector<float> host(static_cast<size_t>(size));
-  toF32(w.data, w.dtype, host.data(), size_t(size));
+  const void* src = w.data;
+  std::vector<uint8_t> raw;
+  if (!backend_.hostVisible()) {  // the view is GPU memory: read it back first
+    raw.resize(w.bytes());
+    backend_.copy(raw.data(), Tier::Host, w.data, Tier::Device, raw.size());
+    src = raw.data();
+  }
+  toF32(src, w.dtype, host.data(), size_t(size));
   p.data = DeviceArray(backend_, size_t(size));
   backend_.copy(p.data.data(), Tier::Device, host.data(), Tier::Host, host.size() * sizeof(float));
   return p;
@@ -201,7 +208,7 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   weights_.prefetchExperts(l, used, PrefetchHint::Needed);
   if (weights_.wantsExpertPredictions()) predictNextExperts(l, a);
 
-  std::fill(a.out.data(), a.out.data() + n * hid, 0.0f);
+  backend_.fill(a.out.data(), n * hid, 0.0f);
   DeviceArray xe(backend_, size_t(n * hid)), ye(backend_, size_t(n * hid));  // [ne, hidden]
   for (int64_t e : used) {
     const auto& toks = byExpert[size_t(e)];

@@ -1,0 +1,56 @@
+// CUDA kernels of the CUDA backend (kernels.cu), behind plain launch functions so that the backend class
+// (cuda_backend.cpp) compiles with the host compiler. Every launcher enqueues on `stream` and returns the launch
+// error (cudaSuccess when the launch was accepted). Pointers are device memory unless said otherwise.
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace doppler::cuda {
+
+// Weight element types as the kernels know them (core/dtype.h's DType mapped by the backend).
+enum WType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kMXFP4 = 3 };
+
+struct MatW {
+  const void* data;
+  int type;         // WType
+  bool column;      // Layout::Column: element (o, i) at i * out + o; else o * in + i
+  int64_t out, in;  // logical W[out, in]
+};
+
+// y[n, out] = x[n, in] · Wᵀ (+ bias). Chooses a GEMV (small n) or a tiled GEMM.
+cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s);
+
+// out[i, :] = table[ids[i], :] (ids on the device; checked on the host by the caller).
+cudaError_t embed(const MatW& table, const int32_t* ids, int64_t n, float* out, cudaStream_t s);
+
+cudaError_t rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y, cudaStream_t s);
+cudaError_t layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps, float* y,
+                      cudaStream_t s);
+
+// In place on x: token i's heads at x + (i * heads + h) * headDim; positions [n] and invFreq [rotDim/2] on the device.
+cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions, const float* invFreq,
+                 int64_t rotDim, float attentionScale, bool interleaved, cudaStream_t s);
+
+struct DevChunk {
+  int64_t t0, t1;
+  const float* k;
+  const float* v;
+};
+
+struct AttnArgs {
+  int64_t numHeads, numKvHeads, headDim, vDim;
+  float scale;
+  int64_t window;
+  const float* sinks;  // [numHeads] or nullptr
+};
+
+// chunks [numChunks] and positions [n] on the device.
+cudaError_t attention(const float* q, int64_t n, const int64_t* positions, const DevChunk* chunks, int64_t numChunks,
+                      const AttnArgs& a, float* out, cudaStream_t s);
+
+cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
+cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s);
+cudaError_t fill(float* y, int64_t n, float v, cudaStream_t s);
+
+}  // namespace doppler::cuda
