@@ -14,6 +14,7 @@ if [ "$ROOT" != "$W" ]; then
   for d in tests models; do [ -e $W/$d ] || ln -s "$ROOT/$d" $W/$d; done
   cp "$BIN/doppler" "$BIN/doppler_tests" $W/build/
 fi
+[ -d "$BIN/lib" ] && export LD_LIBRARY_PATH="$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # e.g. libcpp-httplib
 cd $W
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 CACHE=/tmp/dcache
@@ -23,7 +24,7 @@ if has info; then
   build/doppler info
 fi
 if has tests; then
-  timeout 420 build/doppler_tests --gtest_filter='Cuda*' > "$OUTD/tests.log" 2>&1; echo "tests rc=$?"
+  timeout 240 build/doppler_tests --gtest_filter='Cuda*' > "$OUTD/tests.log" 2>&1; echo "tests rc=$?"
   grep -E "^\[  (FAILED|PASSED) |^\[cuda|OK \]|FAILED \]|Failure|Expected|Which is|error" "$OUTD/tests.log" | head -120
 fi
 if has memcheck; then
@@ -38,14 +39,14 @@ if has memcheck; then
 fi
 bench() {  # name args...
   local name=$1; shift
-  timeout 400 build/doppler bench --backend cuda --cache-dir $CACHE "$@" > "$OUTD/bench-$name.log" 2>&1
+  timeout 150 build/doppler bench --backend cuda --cache-dir $CACHE "$@" > "$OUTD/bench-$name.log" 2>&1
   echo "== bench $name rc=$? ($*)"; grep -vE "^doppler: (writing|measuring)" "$OUTD/bench-$name.log" | tail -30
 }
-if has bench; then
-  bench mixtral --synthetic mixtral-8x7b:4 -n 64 --stats
+if has bench || has benchpaged; then
+  has bench && bench mixtral --synthetic mixtral-8x7b:4 -n 64 --stats
   has benchpaged && bench mixtral-vram25 --synthetic mixtral-8x7b:4 -n 32 --vram 3700M --stats
   rm -rf $CACHE
-  bench qwen3 --synthetic qwen3-30b-a3b:8 -n 64 --stats
+  has bench && bench qwen3 --synthetic qwen3-30b-a3b:8 -n 64 --stats
   has benchpaged && bench qwen3-vram25 --synthetic qwen3-30b-a3b:8 -n 32 --vram 4000M --stats
   rm -rf $CACHE
 fi

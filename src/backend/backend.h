@@ -45,6 +45,12 @@ struct AttentionParams {
   const float* sinks = nullptr;  // [numHeads] per-head sink logits (gpt_oss) or nullptr
 };
 
+// One routed expert applied to one token (Backend::moeExperts).
+struct ExpertCall {
+  WeightView gate, up, down;  // [I, hidden], [I, hidden], [hidden, I]
+  float weight = 0;           // routing weight
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -77,6 +83,11 @@ class Backend {
   virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) = 0;
   // y[i] += a * x[i]
   virtual void axpy(float a, const float* x, int64_t n, float* y) = 0;
+  // MoE for ONE token (decode): out[:] += Σ_j calls[j].weight · down_j(act(gate_j(x), up_j(x))) with act the
+  // swiglu above (limit, alpha); x, out [hidden]. Default (backend_factory.cpp): the ops above, one expert after
+  // another; the CUDA backend runs all of them in two launches (grouped GEMVs).
+  virtual void moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
+                          float* out);
   // y[i] = value for i < n (device memory). Default: through copy() from a host array.
   virtual void fill(float* y, int64_t n, float value) {
     std::vector<float> v(static_cast<size_t>(n), value);

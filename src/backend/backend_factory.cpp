@@ -40,6 +40,20 @@ std::string cudaDeviceSummary() {
 #endif
 }
 
+void Backend::moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
+                         float* out) {
+  for (int64_t j = 0; j < count; j++) {
+    const ExpertCall& c = calls[j];
+    const int64_t inter = c.gate.rows(), hid = c.down.rows();
+    DeviceArray g(*this, size_t(inter)), u(*this, size_t(inter)), y(*this, size_t(hid));
+    matmul(x, 1, c.gate, nullptr, g.data());
+    matmul(x, 1, c.up, nullptr, u.data());
+    swiglu(g.data(), u.data(), inter, limit, alpha, g.data());
+    matmul(g.data(), 1, c.down, nullptr, y.data());
+    axpy(c.weight, y.data(), hid, out);
+  }
+}
+
 std::unique_ptr<Backend> makeBackend(std::string_view kind) {
   if (kind == "cpu") return makeCpuBackend();
   if (kind == "cuda" || kind == "auto") {

@@ -64,6 +64,15 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
     to.diskBudget = b.disk;
     to.prefetch = opts.prefetch;
     auto t = std::make_unique<TieredWeights>(*e->rdrr_, *e->backend_, to);
+    // On a GPU without --vram: when every expert fits beside the resident weights, load them all now, so that
+    // "resident" means resident (no expert is read from disk in the middle of a decode).
+    const TierPlan& plan = t->plan();
+    if (gpu && !opts.vram && !plan.denseStreamed && plan.expertCount > 0 &&
+        plan.residentBytes + plan.expertTotalBytes + (plan.expertTotalBytes >> 4) <= b.device) {
+      for (int l = 0; l < plan.numLayers; l++)
+        for (size_t x = 0; x < plan.expertUnit[size_t(l)].size(); x++)
+          if (plan.expertUnit[size_t(l)][x] >= 0) t->acquireExpert(l, int(x));  // loaded, then unpinned
+    }
     e->tiered_ = t.get();
     e->weights_ = std::move(t);
   } else {

@@ -209,6 +209,17 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   if (weights_.wantsExpertPredictions()) predictNextExperts(l, a);
 
   backend_.fill(a.out.data(), n * hid, 0.0f);
+  if (n == 1 && !w.expertBias) {  // decode: every selected expert in one grouped call (pinned together)
+    std::vector<ExpertLease> leases;
+    std::vector<ExpertCall> calls;
+    for (int64_t e : used) {
+      leases.push_back(weights_.acquireExpert(l, int(e)));
+      calls.push_back(ExpertCall{leases.back().gate, leases.back().up, leases.back().down, byExpert[size_t(e)][0].second});
+    }
+    backend_.moeExperts(a.h.data(), calls.data(), int64_t(calls.size()), float(cfg_.swigluLimit), 1.702f,
+                        a.out.data());
+    return;
+  }
   DeviceArray xe(backend_, size_t(n * hid)), ye(backend_, size_t(n * hid));  // [ne, hidden]
   for (int64_t e : used) {
     const auto& toks = byExpert[size_t(e)];

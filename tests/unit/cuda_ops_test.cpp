@@ -279,3 +279,42 @@ TEST(CudaSelect, AutoFallsBackToCpuWithoutGpu) {
   }
   EXPECT_THROW(makeBackend("tpu"), Error);
 }
+
+// The grouped MoE (decode: every selected expert of a token in two launches) against the CPU's one expert at a
+// time, for each weight type, plain and clamped SwiGLU; column layout falls back to the per-expert path.
+TEST_F(CudaOps, GroupedMoeExpertsMatchCpu) {
+  const int64_t hid = 256, inter = 96, K = 5;
+  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+    for (Layout layout : {Layout::Row, Layout::Column})
+      for (float limit : {0.0f, 7.0f}) {
+        const uint32_t seed = nextSeed();
+        std::vector<std::vector<uint8_t>> hostW;
+        std::vector<ExpertCall> hc, dc;
+        for (int64_t j = 0; j < K; j++) {
+          ExpertCall c;
+          auto g = encodeWeight(randn(size_t(inter * hid), seed + 10 * j, 0.1f), inter, hid, dt, layout);
+          auto u = encodeWeight(randn(size_t(inter * hid), seed + 10 * j + 1, 0.1f), inter, hid, dt, layout);
+          auto d = encodeWeight(randn(size_t(hid * inter), seed + 10 * j + 2, 0.1f), hid, inter, dt, layout);
+          c.gate = WeightView{g.data(), dt, {inter, hid}, layout};
+          c.up = WeightView{u.data(), dt, {inter, hid}, layout};
+          c.down = WeightView{d.data(), dt, {hid, inter}, layout};
+          c.weight = 0.1f + 0.2f * float(j);
+          hc.push_back(c);
+          c.gate.data = up(g);
+          c.up.data = up(u);
+          c.down.data = up(d);
+          dc.push_back(c);
+          hostW.push_back(std::move(g));
+          hostW.push_back(std::move(u));
+          hostW.push_back(std::move(d));
+        }
+        auto x = randn(size_t(hid), seed + 99);
+        auto out0 = randn(size_t(hid), seed + 98);
+        auto ref = out0;
+        cpu->moeExperts(x.data(), hc.data(), K, limit, 1.702f, ref.data());
+        float* o = up(out0);
+        gpu->moeExperts(up(x), dc.data(), K, limit, 1.702f, o);
+        EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol)
+            << dtypeName(dt) << " " << layoutName(layout) << " limit " << limit << " seed " << seed;
+      }
+}

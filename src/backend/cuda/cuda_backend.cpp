@@ -287,6 +287,37 @@ class CudaBackend final : public Backend {
        "attention");
   }
 
+  void moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
+                  float* out) override {
+    if (count <= 0) return;
+    const WeightView& g0 = calls[0].gate;
+    const int64_t inter = g0.rows(), hid = g0.cols();
+    const DType dt = g0.dtype;
+    const size_t es = dtypeSize(dt);
+    auto fits = [&](const WeightView& w, int64_t rows, int64_t cols) {
+      return w.data && w.dtype == dt && w.layout == Layout::Row && w.rows() == rows && w.cols() == cols &&
+             reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+    };
+    bool grouped = (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) && inter % 8 == 0 && hid % 8 == 0 &&
+                   (size_t(inter) * es) % 16 == 0 && (size_t(hid) * es) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    std::vector<cuda::ExpertPtrs> ptrs(static_cast<size_t>(count));
+    for (int64_t j = 0; j < count && grouped; j++) {
+      const ExpertCall& c = calls[j];
+      grouped = fits(c.gate, inter, hid) && fits(c.up, inter, hid) && fits(c.down, hid, inter);
+      ptrs[size_t(j)] = cuda::ExpertPtrs{c.gate.data, c.up.data, c.down.data, c.weight};
+    }
+    if (!grouped) return Backend::moeExperts(x, calls, count, limit, alpha, out);  // one expert at a time
+    const int type = dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16;
+    DeviceArray act(*this, size_t(count * inter));  // [count, I]
+    Uploads up(*this);
+    const size_t oPtrs = up.add(ptrs.data(), ptrs.size() * sizeof(cuda::ExpertPtrs));
+    const uint8_t* base = up.flush();
+    ck(cuda::moeExperts(x, reinterpret_cast<const cuda::ExpertPtrs*>(base + oPtrs), int(count), type, inter, hid,
+                        limit, alpha, act.data(), out, stream_),
+       "moeExperts");
+  }
+
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) override {
     ck(cuda::swiglu(gate, up, n, limit, alpha, out, stream_), "swiglu");
   }

@@ -408,6 +408,70 @@ __global__ void fillKernel(float* y, int64_t n, float v) {
   if (i < n) y[i] = v;
 }
 
+__device__ __forceinline__ float swigluOne(float g, float u, float limit, float alpha) {
+  if (limit > 0) {
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+    return g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+  }
+  return g / (1.0f + expf(-g)) * u;
+}
+
+// grid (rows / 8, experts): one warp per row r of expert j's gate and up.
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __restrict__ x, const ExpertPtrs* ex,
+                                                              int64_t inter, int64_t hid, float limit, float alpha,
+                                                              float* __restrict__ act) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t r = int64_t(blockIdx.x) * kGemvWarps + warp;
+  const int j = blockIdx.y;
+  if (r >= inter) return;
+  constexpr int es = T == kF32 ? 4 : 2;
+  const uint8_t* gr = static_cast<const uint8_t*>(ex[j].gate) + r * hid * es;
+  const uint8_t* ur = static_cast<const uint8_t*>(ex[j].up) + r * hid * es;
+  float g = 0.0f, u = 0.0f;
+#pragma unroll 2
+  for (int64_t i = int64_t(lane) * 8; i < hid; i += kWarp * 8) {
+    float fg[8], fu[8];
+    load8<T>(gr + i * es, fg);
+    load8<T>(ur + i * es, fu);
+    const float4 a = __ldg(reinterpret_cast<const float4*>(x + i));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(x + i) + 1);
+    g += fg[0] * a.x + fg[1] * a.y + fg[2] * a.z + fg[3] * a.w + fg[4] * b.x + fg[5] * b.y + fg[6] * b.z + fg[7] * b.w;
+    u += fu[0] * a.x + fu[1] * a.y + fu[2] * a.z + fu[3] * a.w + fu[4] * b.x + fu[5] * b.y + fu[6] * b.z + fu[7] * b.w;
+  }
+  g = warpSum(g);
+  u = warpSum(u);
+  if (lane == 0) act[int64_t(j) * inter + r] = swigluOne(g, u, limit, alpha);
+}
+
+// grid (hid / 8): one warp per output row h over every expert's down row.
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __restrict__ act, const ExpertPtrs* ex,
+                                                            int count, int64_t inter, int64_t hid,
+                                                            float* __restrict__ out) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
+  if (h >= hid) return;
+  constexpr int es = T == kF32 ? 4 : 2;
+  float total = 0.0f;
+  for (int j = 0; j < count; j++) {
+    const uint8_t* dr = static_cast<const uint8_t*>(ex[j].down) + h * inter * es;
+    const float* aj = act + int64_t(j) * inter;
+    float s = 0.0f;
+#pragma unroll 4
+    for (int64_t i = int64_t(lane) * 8; i < inter; i += kWarp * 8) {
+      float f[8];
+      load8<T>(dr + i * es, f);
+      const float4 a = *reinterpret_cast<const float4*>(aj + i);
+      const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
+      s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+    }
+    total += ex[j].weight * warpSum(s);
+  }
+  if (lane == 0) out[h] += total;
+}
+
 unsigned blocksFor(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
 template <int NT>
@@ -497,6 +561,28 @@ cudaError_t attention(const float* q, int64_t n, const int64_t* positions, const
   }
   attentionKernel<<<dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s>>>(q, positions, chunks,
                                                                                            numChunks, a, out);
+  return cudaGetLastError();
+}
+
+cudaError_t moeExperts(const float* x, const ExpertPtrs* experts, int count, int type, int64_t inter, int64_t hidden,
+                       float limit, float alpha, float* act, float* out, cudaStream_t s) {
+  if (count <= 0) return cudaSuccess;
+  const dim3 g1(unsigned((inter + kGemvWarps - 1) / kGemvWarps), unsigned(count));
+  const unsigned g2 = unsigned((hidden + kGemvWarps - 1) / kGemvWarps);
+  switch (type) {
+    case kF32:
+      moeGateUp<kF32><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      moeDown<kF32><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+      break;
+    case kF16:
+      moeGateUp<kF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      moeDown<kF16><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+      break;
+    default:
+      moeGateUp<kBF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      moeDown<kBF16><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+      break;
+  }
   return cudaGetLastError();
 }
 

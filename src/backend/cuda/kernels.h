@@ -49,6 +49,17 @@ struct AttnArgs {
 cudaError_t attention(const float* q, int64_t n, const int64_t* positions, const DevChunk* chunks, int64_t numChunks,
                       const AttnArgs& a, float* out, cudaStream_t s);
 
+// Grouped MoE for one token: all `count` experts (row layout, f32/f16/bf16, in % 8 == 0, 16-byte aligned) in two
+// launches: act[j, :] = swiglu(gate_j x, up_j x); out[h] += Σ_j weight_j · down_j[h, :] · act[j, :].
+struct ExpertPtrs {
+  const void* gate;
+  const void* up;
+  const void* down;
+  float weight;
+};
+cudaError_t moeExperts(const float* x, const ExpertPtrs* experts, int count, int type, int64_t inter, int64_t hidden,
+                       float limit, float alpha, float* act, float* out, cudaStream_t s);
+
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
 cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s);
 cudaError_t fill(float* y, int64_t n, float v, cudaStream_t s);
