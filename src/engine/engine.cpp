@@ -69,9 +69,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
     const TierPlan& plan = t->plan();
     if (gpu && !opts.vram && !plan.denseStreamed && plan.expertCount > 0 &&
         plan.residentBytes + plan.expertTotalBytes + (plan.expertTotalBytes >> 4) <= b.device) {
-      for (int l = 0; l < plan.numLayers; l++)
-        for (size_t x = 0; x < plan.expertUnit[size_t(l)].size(); x++)
-          if (plan.expertUnit[size_t(l)][x] >= 0) t->acquireExpert(l, int(x));  // loaded, then unpinned
+      t->loadAllExperts();
     }
     e->tiered_ = t.get();
     e->weights_ = std::move(t);

@@ -73,6 +73,13 @@ ExpertLease TieredWeights::acquireExpert(int layer, int expert) {
   return e;
 }
 
+void TieredWeights::loadAllExperts() {
+  for (int l = 0; l < plan_.numLayers; l++)
+    for (size_t x = 0; x < plan_.expertUnit[size_t(l)].size(); x++)
+      if (plan_.expertUnit[size_t(l)][x] >= 0) acquireExpert(l, int(x));  // loaded, then unpinned
+  allExpertsLoaded_ = true;
+}
+
 void TieredWeights::prefetchExperts(int layer, std::span<const int64_t> experts, PrefetchHint hint) {
   if (layer < 0 || layer >= plan_.numLayers) return;
   if (hint == PrefetchHint::Needed) {

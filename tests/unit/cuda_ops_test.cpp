@@ -174,8 +174,8 @@ TEST_F(CudaOps, RopeVariants) {
   struct Case { int64_t heads, headDim, rotDim, offset; bool interleaved; };
   // offset/stride: deepseek ropes q[:, :, N:] inside heads of N + R (x + N, headDim = N + R, rotDim = R).
   for (Case c : {Case{4, 64, 64, 0, false}, Case{2, 128, 64, 0, false}, Case{3, 48, 16, 32, true},
-                 Case{1, 40, 8, 32, false}}) {
-    const int64_t n = 9;
+                 Case{1, 40, 8, 32, false}, Case{8, 128, 128, 0, false}}) {
+    const int64_t n = c.heads == 8 ? 40 : 9;  // 40 tokens: positions uploaded rather than passed inline
     const uint32_t seed = nextSeed();
     auto x = randn(size_t(n * c.heads * c.headDim), seed);
     std::vector<float> inv(size_t(c.rotDim / 2));

@@ -258,33 +258,54 @@ class CudaBackend final : public Backend {
 
   void rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions,
             const RopeParams& p) override {
-    Uploads up(*this);
-    const size_t oPos = up.add(positions, size_t(n) * sizeof(int64_t));
-    const size_t oInv = up.add(p.invFreq, size_t(p.rotDim / 2) * sizeof(float));
-    const uint8_t* base = up.flush();
-    ck(cuda::rope(x, n, heads, headDim, reinterpret_cast<const int64_t*>(base + oPos),
-                  reinterpret_cast<const float*>(base + oInv),
-                  p.rotDim, p.attentionScale, p.interleaved, stream_),
-       "rope");
+    const int64_t half = p.rotDim / 2;
+    cuda::RopeArgs r{};
+    if (n <= cuda::kInlinePos && half <= cuda::kInlineInv) {  // in the kernel's parameters
+      r.inl = true;
+      std::memcpy(r.posInl, positions, size_t(n) * sizeof(int64_t));
+      std::memcpy(r.invInl, p.invFreq, size_t(half) * sizeof(float));
+    } else {
+      Uploads up(*this);
+      const size_t oPos = up.add(positions, size_t(n) * sizeof(int64_t));
+      const size_t oInv = up.add(p.invFreq, size_t(half) * sizeof(float));
+      const uint8_t* base = up.flush();
+      r.pos = reinterpret_cast<const int64_t*>(base + oPos);
+      r.inv = reinterpret_cast<const float*>(base + oInv);
+    }
+    ck(cuda::rope(x, n, heads, headDim, r, p.rotDim, p.attentionScale, p.interleaved, stream_), "rope");
   }
 
   void attention(const float* q, int64_t n, const int64_t* positions, const KVChunk* chunks, int64_t numChunks,
                  const AttentionParams& p, float* out) override {
     check(p.numKvHeads > 0 && p.numHeads % p.numKvHeads == 0, "attention: {} heads not divisible by {} kv heads",
           p.numHeads, p.numKvHeads);
-    std::vector<cuda::DevChunk> dc(static_cast<size_t>(numChunks));
-    // Chunks in GPU memory, or pinned host memory (mapped into the GPU's address space: read over PCIe).
-    for (int64_t c = 0; c < numChunks; c++)
-      dc[size_t(c)] = cuda::DevChunk{chunks[c].t0, chunks[c].t1, chunks[c].k, chunks[c].v};
-    Uploads up(*this);
-    const size_t oPos = up.add(positions, size_t(n) * sizeof(int64_t));
-    const size_t oCh = up.add(dc.data(), dc.size() * sizeof(cuda::DevChunk));
-    const uint8_t* base = up.flush();
-    cuda::AttnArgs a{p.numHeads, p.numKvHeads, p.headDim, p.vDim, p.scale, p.window, p.sinks};
-    ck(cuda::attention(q, n, reinterpret_cast<const int64_t*>(base + oPos),
-                       reinterpret_cast<const cuda::DevChunk*>(base + oCh),
-                       numChunks, a, out, stream_),
-       "attention");
+    // Chunks in GPU memory (or pinned host memory, which the GPU can read over PCIe).
+    cuda::AttnArgs a{};
+    a.numHeads = p.numHeads;
+    a.numKvHeads = p.numKvHeads;
+    a.headDim = p.headDim;
+    a.vDim = p.vDim;
+    a.scale = p.scale;
+    a.window = p.window;
+    a.sinks = p.sinks;
+    a.numChunks = numChunks;
+    if (n <= cuda::kInlinePosAttn && numChunks <= cuda::kInlineChunks) {
+      a.inl = true;
+      std::memcpy(a.posInl, positions, size_t(n) * sizeof(int64_t));
+      for (int64_t c = 0; c < numChunks; c++)
+        a.chunkInl[c] = cuda::DevChunk{chunks[c].t0, chunks[c].t1, chunks[c].k, chunks[c].v};
+    } else {
+      std::vector<cuda::DevChunk> dc(static_cast<size_t>(numChunks));
+      for (int64_t c = 0; c < numChunks; c++)
+        dc[size_t(c)] = cuda::DevChunk{chunks[c].t0, chunks[c].t1, chunks[c].k, chunks[c].v};
+      Uploads up(*this);
+      const size_t oPos = up.add(positions, size_t(n) * sizeof(int64_t));
+      const size_t oCh = up.add(dc.data(), dc.size() * sizeof(cuda::DevChunk));
+      const uint8_t* base = up.flush();
+      a.pos = reinterpret_cast<const int64_t*>(base + oPos);
+      a.chunks = reinterpret_cast<const cuda::DevChunk*>(base + oCh);
+    }
+    ck(cuda::attention(q, n, a, out, stream_), "attention");
   }
 
   void moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
@@ -301,7 +322,7 @@ class CudaBackend final : public Backend {
     bool grouped = (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) && inter % 8 == 0 && hid % 8 == 0 &&
                    (size_t(inter) * es) % 16 == 0 && (size_t(hid) * es) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0;
-    std::vector<cuda::ExpertPtrs> ptrs(static_cast<size_t>(count));
+    std::vector<cuda::ExpertPtrs> ptrs(static_cast<size_t>(count));  // NOLINT
     for (int64_t j = 0; j < count && grouped; j++) {
       const ExpertCall& c = calls[j];
       grouped = fits(c.gate, inter, hid) && fits(c.up, inter, hid) && fits(c.down, hid, inter);
@@ -310,12 +331,16 @@ class CudaBackend final : public Backend {
     if (!grouped) return Backend::moeExperts(x, calls, count, limit, alpha, out);  // one expert at a time
     const int type = dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16;
     DeviceArray act(*this, size_t(count * inter));  // [count, I]
-    Uploads up(*this);
-    const size_t oPtrs = up.add(ptrs.data(), ptrs.size() * sizeof(cuda::ExpertPtrs));
-    const uint8_t* base = up.flush();
-    ck(cuda::moeExperts(x, reinterpret_cast<const cuda::ExpertPtrs*>(base + oPtrs), int(count), type, inter, hid,
-                        limit, alpha, act.data(), out, stream_),
-       "moeExperts");
+    cuda::MoeArgs m{};
+    if (count <= cuda::kInlineExperts) {
+      m.inl = true;
+      std::copy(ptrs.begin(), ptrs.end(), m.exInl);
+    } else {
+      Uploads up(*this);
+      const size_t oPtrs = up.add(ptrs.data(), ptrs.size() * sizeof(cuda::ExpertPtrs));
+      m.ex = reinterpret_cast<const cuda::ExpertPtrs*>(up.flush() + oPtrs);
+    }
+    ck(cuda::moeExperts(x, m, int(count), type, inter, hid, limit, alpha, act.data(), out, stream_), "moeExperts");
   }
 
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) override {

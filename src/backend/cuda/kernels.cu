@@ -299,8 +299,10 @@ __global__ void layerNormKernel(const float* x, int64_t dim, const float* w, con
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = (xr[i] - mean) * inv * w[i] + (b ? b[i] : 0.0f);
 }
 
-__global__ void ropeKernel(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions,
-                           const float* invFreq, int64_t half, float scale, bool interleaved) {
+__global__ void ropeKernel(float* x, int64_t n, int64_t heads, int64_t headDim, const __grid_constant__ RopeArgs r,
+                           int64_t half, float scale, bool interleaved) {
+  const int64_t* positions = r.inl ? r.posInl : r.pos;
+  const float* invFreq = r.inl ? r.invInl : r.inv;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n * heads * half) return;
   const int64_t j = idx % half, h = (idx / half) % heads, i = idx / (half * heads);
@@ -317,9 +319,11 @@ constexpr int kAttnWarps = 4;
 
 // One block per (head, query): each warp runs an online softmax over every 4th key, then the warps merge.
 // Shared memory: q [D], then per warp acc [VD].
-__global__ void __launch_bounds__(kAttnWarps * kWarp) attentionKernel(const float* q, const int64_t* positions,
-                                                                     const DevChunk* chunks, int64_t numChunks,
-                                                                     AttnArgs a, float* out) {
+__global__ void __launch_bounds__(kAttnWarps * kWarp) attentionKernel(const float* q, const __grid_constant__ AttnArgs a,
+                                                                     float* out) {
+  const int64_t* positions = a.inl ? a.posInl : a.pos;
+  const DevChunk* chunks = a.inl ? a.chunkInl : a.chunks;
+  const int64_t numChunks = a.numChunks;
   extern __shared__ float sm[];
   __shared__ float wm[kAttnWarps], wl[kAttnWarps];
   const int64_t h = blockIdx.x, i = blockIdx.y, H = a.numHeads, D = a.headDim, VD = a.vDim;
@@ -419,9 +423,10 @@ __device__ __forceinline__ float swigluOne(float g, float u, float limit, float 
 
 // grid (rows / 8, experts): one warp per row r of expert j's gate and up.
 template <int T>
-__global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __restrict__ x, const ExpertPtrs* ex,
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __restrict__ x, const __grid_constant__ MoeArgs m,
                                                               int64_t inter, int64_t hid, float limit, float alpha,
                                                               float* __restrict__ act) {
+  const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t r = int64_t(blockIdx.x) * kGemvWarps + warp;
   const int j = blockIdx.y;
@@ -447,9 +452,10 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __r
 
 // grid (hid / 8): one warp per output row h over every expert's down row.
 template <int T>
-__global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __restrict__ act, const ExpertPtrs* ex,
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __restrict__ act, const __grid_constant__ MoeArgs m,
                                                             int count, int64_t inter, int64_t hid,
                                                             float* __restrict__ out) {
+  const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
   if (h >= hid) return;
@@ -542,29 +548,27 @@ cudaError_t layerNorm(const float* x, int64_t rows, int64_t dim, const float* w,
   return cudaGetLastError();
 }
 
-cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions, const float* invFreq,
-                 int64_t rotDim, float attentionScale, bool interleaved, cudaStream_t s) {
+cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const RopeArgs& r, int64_t rotDim,
+                 float attentionScale, bool interleaved, cudaStream_t s) {
   const int64_t half = rotDim / 2, total = n * heads * half;
   if (total <= 0) return cudaSuccess;
-  ropeKernel<<<blocksFor(total, 256), 256, 0, s>>>(x, n, heads, headDim, positions, invFreq, half, attentionScale,
+  ropeKernel<<<blocksFor(total, 256), 256, 0, s>>>(x, n, heads, headDim, r, half, attentionScale,
                                                     interleaved);
   return cudaGetLastError();
 }
 
-cudaError_t attention(const float* q, int64_t n, const int64_t* positions, const DevChunk* chunks, int64_t numChunks,
-                      const AttnArgs& a, float* out, cudaStream_t s) {
+cudaError_t attention(const float* q, int64_t n, const AttnArgs& a, float* out, cudaStream_t s) {
   if (n <= 0) return cudaSuccess;
   const size_t smem = size_t(a.headDim + kAttnWarps * a.vDim) * sizeof(float);
   if (smem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(attentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return e;
   }
-  attentionKernel<<<dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s>>>(q, positions, chunks,
-                                                                                           numChunks, a, out);
+  attentionKernel<<<dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s>>>(q, a, out);
   return cudaGetLastError();
 }
 
-cudaError_t moeExperts(const float* x, const ExpertPtrs* experts, int count, int type, int64_t inter, int64_t hidden,
+cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int type, int64_t inter, int64_t hidden,
                        float limit, float alpha, float* act, float* out, cudaStream_t s) {
   if (count <= 0) return cudaSuccess;
   const dim3 g1(unsigned((inter + kGemvWarps - 1) / kGemvWarps), unsigned(count));

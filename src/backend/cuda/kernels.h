@@ -28,9 +28,21 @@ cudaError_t rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, f
 cudaError_t layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps, float* y,
                       cudaStream_t s);
 
-// In place on x: token i's heads at x + (i * heads + h) * headDim; positions [n] and invFreq [rotDim/2] on the device.
-cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions, const float* invFreq,
-                 int64_t rotDim, float attentionScale, bool interleaved, cudaStream_t s);
+// Small host arrays travel inside the kernel parameters (no copy before the launch) when they fit ("inl"); else
+// the pointers name device copies.
+constexpr int kInlinePos = 32, kInlineInv = 128, kInlinePosAttn = 16, kInlineChunks = 96, kInlineExperts = 64;
+
+struct RopeArgs {
+  const int64_t* pos;  // [n] positions (device) unless inl
+  const float* inv;    // [rotDim / 2] inverse frequencies (device) unless inl
+  bool inl;
+  int64_t posInl[kInlinePos];
+  float invInl[kInlineInv];
+};
+
+// In place on x: token i's heads at x + (i * heads + h) * headDim.
+cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const RopeArgs& r, int64_t rotDim,
+                 float attentionScale, bool interleaved, cudaStream_t s);
 
 struct DevChunk {
   int64_t t0, t1;
@@ -43,11 +55,15 @@ struct AttnArgs {
   float scale;
   int64_t window;
   const float* sinks;  // [numHeads] or nullptr
+  int64_t numChunks;
+  const int64_t* pos;      // [n] (device) unless inl
+  const DevChunk* chunks;  // [numChunks] (device) unless inl
+  bool inl;
+  int64_t posInl[kInlinePosAttn];
+  DevChunk chunkInl[kInlineChunks];
 };
 
-// chunks [numChunks] and positions [n] on the device.
-cudaError_t attention(const float* q, int64_t n, const int64_t* positions, const DevChunk* chunks, int64_t numChunks,
-                      const AttnArgs& a, float* out, cudaStream_t s);
+cudaError_t attention(const float* q, int64_t n, const AttnArgs& a, float* out, cudaStream_t s);
 
 // Grouped MoE for one token: all `count` experts (row layout, f32/f16/bf16, in % 8 == 0, 16-byte aligned) in two
 // launches: act[j, :] = swiglu(gate_j x, up_j x); out[h] += Σ_j weight_j · down_j[h, :] · act[j, :].
@@ -57,7 +73,12 @@ struct ExpertPtrs {
   const void* down;
   float weight;
 };
-cudaError_t moeExperts(const float* x, const ExpertPtrs* experts, int count, int type, int64_t inter, int64_t hidden,
+struct MoeArgs {
+  const ExpertPtrs* ex;  // [count] (device) unless inl
+  bool inl;
+  ExpertPtrs exInl[kInlineExperts];
+};
+cudaError_t moeExperts(const float* x, const MoeArgs& m, int count, int type, int64_t inter, int64_t hidden,
                        float limit, float alpha, float* act, float* out, cudaStream_t s);
 
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
