@@ -13,6 +13,7 @@ if [ "$ROOT" != "$W" ]; then
   mkdir -p $W/build
   for d in tests models; do [ -e $W/$d ] || ln -s "$ROOT/$d" $W/$d; done
   cp "$BIN/doppler" "$BIN/doppler_tests" $W/build/
+  [ -f "$BIN/cuda_ops_bench" ] && cp "$BIN/cuda_ops_bench" $W/build/
 fi
 [ -d "$BIN/lib" ] && export LD_LIBRARY_PATH="$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # e.g. libcpp-httplib
 cd $W
@@ -24,8 +25,11 @@ if has info; then
   build/doppler info
 fi
 if has tests; then
-  timeout 240 build/doppler_tests --gtest_filter='*Cuda*' > "$OUTD/tests.log" 2>&1; echo "tests rc=$?"
+  timeout 240 build/doppler_tests --gtest_filter="${GTEST_FILTER:-*Cuda*}" > "$OUTD/tests.log" 2>&1; echo "tests rc=$?"
   grep -E "^\[  (FAILED|PASSED) |^\[cuda|FAILED \]|Failure|Expected|Which is|error" "$OUTD/tests.log" | head -100
+fi
+if has opsbench; then
+  timeout 120 build/cuda_ops_bench 2>&1 | tee "$OUTD/ops-bench.log"
 fi
 if has memcheck; then
   if command -v compute-sanitizer >/dev/null; then
