@@ -22,7 +22,7 @@ CACHE=/tmp/dcache
 if has info; then
   nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.mem --format=csv
   nproc; free -g | head -2
-  build/doppler info
+  build/doppler info --gpu
 fi
 if has tests; then
   timeout 240 build/doppler_tests --gtest_filter="${GTEST_FILTER:-*Cuda*}" > "$OUTD/tests.log" 2>&1; echo "tests rc=$?"

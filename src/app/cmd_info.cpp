@@ -174,21 +174,24 @@ int infoTiers(const std::string& model, const TierInfoOpts& t) {
 
 struct Opts {
   std::string model;
+  bool gpu = false;
 };
 
 const bool kRegistered = registerCommand(
-    {"info", "Print what a model holds (RDRR or Hugging Face directory); without MODEL, the backends and GPU", 22, [](CLI::App& sub) -> Runner {
+    {"info", "Print what a model holds (RDRR or Hugging Face directory)", 22, [](CLI::App& sub) -> Runner {
        auto o = std::make_shared<Opts>();
        auto t = std::make_shared<TierInfoOpts>();
        sub.add_option("MODEL", o->model, "RDRR directory or Hugging Face directory (optional with --tiers)");
        addTierInfoOptions(sub, *t);
+       sub.add_flag("--gpu", o->gpu, "Print the backends this build has and the GPU (CUDA) if one is usable");
        return [o, t] {
          if (t->tiers) return infoTiers(o->model, *t);
-         if (o->model.empty()) {  // no model: what this build and machine can run on
+         if (o->gpu) {  // what this build and machine can run on
            std::printf("backends:     cpu%s\n", cudaCompiled() ? ", cuda" : " (built without CUDA)");
            std::printf("gpu:          %s\n", cudaDeviceSummary().c_str());
-           return 0;
+           if (o->model.empty()) return 0;
          }
+         check(!o->model.empty(), "info: MODEL is required (or give --tiers or --gpu)");
          if (isRegularFile(joinPath(o->model, kRdrrManifestName))) return infoRdrr(o->model);
          if (isRegularFile(joinPath(o->model, "config.json"))) return infoHf(o->model);
          if (!isDirectory(o->model)) fail("{}: no such model directory", o->model);
