@@ -3,6 +3,7 @@
 // they do not fit, are paged through the tier cache (loader/tier_cache.h). Weights are read with pread into
 // budgeted buffers, never mmapped, so the process's memory stays within the budgets.
 #pragma once
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -63,6 +64,7 @@ class TieredWeights final : public WeightProvider {
   std::vector<std::set<int64_t>> predicted_;
   std::vector<bool> hasPrediction_;
   bool allExpertsLoaded_ = false;
+  std::vector<std::array<const UnitTensor*, 6>> expertTensors_;  // [unit] gate/up/down weight, gate/up/down bias
 };
 
 }  // namespace doppler
