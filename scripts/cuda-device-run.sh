@@ -34,7 +34,7 @@ fi
 if has memcheck; then
   if command -v compute-sanitizer >/dev/null; then
     timeout 300 compute-sanitizer --tool memcheck --leak-check no build/doppler_tests \
-      --gtest_filter='CudaOps.*:*CudaParity.*/llama_row:*CudaParity.*/gpt_oss_row:*CudaParity.ResidentOnGpu/deepseek_v3_column' \
+      --gtest_filter='CudaOps.*:*CudaParity.*/llama_row:*CudaParity.*/gpt_oss_row:*CudaParity.ResidentOnGpu/deepseek_v3_column:*CudaParity.ResidentOnGpu/qwen3_moe_row' \
       > "$OUTD/memcheck.log" 2>&1; echo "memcheck rc=$?"
     grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUTD/memcheck.log" | head -20
   else

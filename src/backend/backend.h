@@ -88,6 +88,15 @@ class Backend {
   // another; the CUDA backend runs all of them in two launches (grouped GEMVs).
   virtual void moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
                           float* out);
+  // Decode MoE with the routing on the device, for ONE token when every expert of the layer is resident:
+  // softmax over the numExperts router logits (device), the topK best (ties: lower index), weights renormalised
+  // over them when normTopk; out[:] += Σ weight_j · expert_j(x) as in moeExperts. `experts` lists all numExperts
+  // experts of the layer and must stay valid (same device addresses) for the backend's lifetime. Nothing waits
+  // for the GPU. Returns false when the backend has no such path (the caller then routes on the host).
+  virtual bool moeRoutedOnDevice(const float* x, const float* logits, const ExpertCall* experts, int64_t numExperts,
+                                 int64_t topK, bool normTopk, float limit, float alpha, float* out) {
+    return false;
+  }
   // y[i] = value for i < n (device memory). Default: through copy() from a host array.
   virtual void fill(float* y, int64_t n, float value) {
     std::vector<float> v(static_cast<size_t>(n), value);

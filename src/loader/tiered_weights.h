@@ -40,6 +40,7 @@ class TieredWeights final : public WeightProvider {
   // Loads every routed expert into the device tier now (Error when they do not fit); afterwards nothing is
   // paged, so no predictions are asked for. The GPU engine calls it when the device budget holds everything.
   void loadAllExperts();
+  bool expertsResident() const override { return allExpertsLoaded_; }
   LayerLease acquireLayer(int layer) override;
   void prefetchLayer(int layer) override;
 

@@ -182,6 +182,23 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   // Router logits on the device, routing decisions on the host.
   DeviceArray logitsDev(backend_, size_t(n * E));  // [n, E]
   backend_.matmul(a.h.data(), n, w.router, w.routerBias.ptr(), logitsDev.data());
+  if (n == 1 && cfg_.routing == RoutingType::SoftmaxTopK && !w.expertBias && !w.scoreBias.ptr() &&
+      weights_.expertsResident()) {
+    // Decode with every expert resident: route on the device, nothing waits for the GPU.
+    if (residentExperts_.size() < size_t(cfg_.numLayers)) residentExperts_.resize(size_t(cfg_.numLayers));
+    auto& table = residentExperts_[size_t(l)];
+    if (table.empty()) {
+      for (int64_t e = 0; e < E; e++) {
+        residentPins_.push_back(weights_.acquireExpert(l, int(e)));
+        const ExpertLease& x = residentPins_.back();
+        table.push_back(ExpertCall{x.gate, x.up, x.down, 0.0f});
+      }
+    }
+    backend_.fill(a.out.data(), hid, 0.0f);
+    if (backend_.moeRoutedOnDevice(a.h.data(), logitsDev.data(), table.data(), E, K, cfg_.normTopkProb,
+                                   float(cfg_.swigluLimit), 1.702f, a.out.data()))
+      return;
+  }
   std::vector<float> logits(static_cast<size_t>(n * E));
   backend_.copy(logits.data(), Tier::Host, logitsDev.data(), Tier::Device, logits.size() * sizeof(float));
   std::vector<float> scoreBias;

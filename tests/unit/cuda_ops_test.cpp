@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <random>
 
 #include "backend/backend.h"
@@ -317,4 +318,56 @@ TEST_F(CudaOps, GroupedMoeExpertsMatchCpu) {
         EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol)
             << dtypeName(dt) << " " << layoutName(layout) << " limit " << limit << " seed " << seed;
       }
+}
+
+// Device routing (softmax top-k over the router logits, renormalised or not) + the grouped experts, against the
+// same routing done here and the CPU's experts.
+TEST_F(CudaOps, RoutedOnDeviceMatchesHostRouting) {
+  const int64_t hid = 128, inter = 64, E = 40, K = 6;
+  for (bool norm : {true, false}) {
+    const uint32_t seed = nextSeed();
+    std::vector<std::vector<uint8_t>> hostW;
+    std::vector<ExpertCall> hc, dc;
+    for (int64_t j = 0; j < E; j++) {
+      ExpertCall c;
+      auto g = encodeWeight(randn(size_t(inter * hid), seed + 10 * j, 0.1f), inter, hid, DType::BF16, Layout::Row);
+      auto u = encodeWeight(randn(size_t(inter * hid), seed + 10 * j + 1, 0.1f), inter, hid, DType::BF16, Layout::Row);
+      auto d = encodeWeight(randn(size_t(hid * inter), seed + 10 * j + 2, 0.1f), hid, inter, DType::BF16, Layout::Row);
+      c.gate = WeightView{g.data(), DType::BF16, {inter, hid}, Layout::Row};
+      c.up = WeightView{u.data(), DType::BF16, {inter, hid}, Layout::Row};
+      c.down = WeightView{d.data(), DType::BF16, {hid, inter}, Layout::Row};
+      hc.push_back(c);
+      c.gate.data = up(g);
+      c.up.data = up(u);
+      c.down.data = up(d);
+      dc.push_back(c);
+      hostW.push_back(std::move(g));
+      hostW.push_back(std::move(u));
+      hostW.push_back(std::move(d));
+    }
+    auto x = randn(size_t(hid), seed + 99);
+    auto logits = randn(size_t(E), seed + 97, 2.0f);
+    // host routing as model/routing.cpp does it
+    float m = *std::max_element(logits.begin(), logits.end()), sum = 0;
+    std::vector<float> p(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; e++) sum += (p[size_t(e)] = std::exp(logits[size_t(e)] - m));
+    for (auto& v : p) v /= sum;
+    std::vector<int64_t> order(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; e++) order[size_t(e)] = e;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[size_t(a)] > p[size_t(b)]; });
+    float ksum = 0;
+    for (int64_t k = 0; k < K; k++) ksum += p[size_t(order[size_t(k)])];
+    std::vector<ExpertCall> chosen;
+    for (int64_t k = 0; k < K; k++) {
+      ExpertCall c = hc[size_t(order[size_t(k)])];
+      c.weight = norm ? p[size_t(order[size_t(k)])] / ksum : p[size_t(order[size_t(k)])];
+      chosen.push_back(c);
+    }
+    std::vector<float> ref(static_cast<size_t>(hid), 0.0f);
+    cpu->moeExperts(x.data(), chosen.data(), K, 0.0f, 1.702f, ref.data());
+    float* o = up(std::vector<float>(static_cast<size_t>(hid), 0.0f));
+    ASSERT_TRUE(gpu->moeRoutedOnDevice(up(x), up(logits), dc.data(), E, K, norm, 0.0f, 1.702f, o));
+    EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol) << "norm " << norm << " seed " << seed;
+    EXPECT_FALSE(cpu->moeRoutedOnDevice(x.data(), logits.data(), hc.data(), E, K, norm, 0.0f, 1.702f, ref.data()));
+  }
 }

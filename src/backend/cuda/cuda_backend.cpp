@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <thread>
 #include <vector>
 
@@ -150,6 +152,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     if (scratch_) cudaFree(scratch_);
+    for (auto& [k, t] : tables_)
+      if (t.dev) cudaFree(t.dev);
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& c : copyStreams_) {
       cudaStreamDestroy(c.stream);
@@ -343,6 +347,54 @@ class CudaBackend final : public Backend {
     ck(cuda::moeExperts(x, m, int(count), type, inter, hid, limit, alpha, act.data(), out, stream_), "moeExperts");
   }
 
+  bool moeRoutedOnDevice(const float* x, const float* logits, const ExpertCall* experts, int64_t numExperts,
+                         int64_t topK, bool normTopk, float limit, float alpha, float* out) override {
+    if (numExperts <= 0 || topK <= 0 || topK > numExperts || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+    // The layer's expert table in GPU memory, built on first use (the caller keeps the experts where they are).
+    ExpertTable& t = tables_[TableKey{experts, experts[0].gate.data, numExperts}];
+    if (!t.built) {
+      t.built = true;
+      const WeightView& g0 = experts[0].gate;
+      t.inter = g0.rows();
+      t.hid = g0.cols();
+      const DType dt = g0.dtype;
+      const size_t es = dtypeSize(dt);
+      auto fits = [&](const WeightView& w, int64_t rows, int64_t cols) {
+        return w.data && w.dtype == dt && w.layout == Layout::Row && w.rows() == rows && w.cols() == cols &&
+               reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+      };
+      bool ok = (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) && t.inter % 8 == 0 && t.hid % 8 == 0 &&
+                (size_t(t.inter) * es) % 16 == 0 && (size_t(t.hid) * es) % 16 == 0;
+      std::vector<cuda::ExpertPtrs> ptrs(static_cast<size_t>(numExperts));
+      for (int64_t e = 0; e < numExperts && ok; e++) {
+        const ExpertCall& c = experts[e];
+        ok = fits(c.gate, t.inter, t.hid) && fits(c.up, t.inter, t.hid) && fits(c.down, t.hid, t.inter);
+        ptrs[size_t(e)] = cuda::ExpertPtrs{c.gate.data, c.up.data, c.down.data, 0.0f};
+      }
+      if (ok) {
+        t.type = dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16;
+        ck(cudaMalloc(reinterpret_cast<void**>(&t.dev), ptrs.size() * sizeof(cuda::ExpertPtrs)), "cudaMalloc (experts)");
+        ck(cudaMemcpyAsync(t.dev, ptrs.data(), ptrs.size() * sizeof(cuda::ExpertPtrs), cudaMemcpyHostToDevice,
+                           stream_),
+           "expert table upload");
+        ck(cudaStreamSynchronize(stream_), "expert table upload: synchronize");
+      }
+    }
+    if (!t.dev) return false;
+    DeviceArray sel(*this, size_t(2 * topK));  // [K] indices (as int) then [K] weights
+    DeviceArray act(*this, size_t(topK * t.inter));
+    int* idx = reinterpret_cast<int*>(sel.data());
+    float* wts = sel.data() + topK;
+    ck(cuda::routeSoftmaxTopK(logits, int(numExperts), int(topK), normTopk, idx, wts, stream_), "route");
+    cuda::MoeArgs m{};
+    m.ex = t.dev;
+    m.sel = idx;
+    m.selW = wts;
+    ck(cuda::moeExperts(x, m, int(topK), t.type, t.inter, t.hid, limit, alpha, act.data(), out, stream_),
+       "moeRoutedOnDevice");
+    return true;
+  }
+
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) override {
     ck(cuda::swiglu(gate, up, n, limit, alpha, out, stream_), "swiglu");
   }
@@ -408,6 +460,22 @@ class CudaBackend final : public Backend {
     scratchBytes_ = std::max<size_t>(bytes * 2, 1 << 16);
     ck(cudaMalloc(reinterpret_cast<void**>(&scratch_), scratchBytes_), "cudaMalloc (scratch)");
   }
+
+  struct TableKey {
+    const void* calls;
+    const void* first;
+    int64_t count;
+    bool operator<(const TableKey& o) const {
+      return std::tie(calls, first, count) < std::tie(o.calls, o.first, o.count);
+    }
+  };
+  struct ExpertTable {
+    bool built = false;
+    cuda::ExpertPtrs* dev = nullptr;
+    int type = 0;
+    int64_t inter = 0, hid = 0;
+  };
+  std::map<TableKey, ExpertTable> tables_;  // moeRoutedOnDevice's per-layer expert tables
 
   std::string name_;
   std::thread::id owner_;

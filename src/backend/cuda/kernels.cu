@@ -431,9 +431,10 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __r
   const int64_t r = int64_t(blockIdx.x) * kGemvWarps + warp;
   const int j = blockIdx.y;
   if (r >= inter) return;
+  const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
   constexpr int es = T == kF32 ? 4 : 2;
-  const uint8_t* gr = static_cast<const uint8_t*>(ex[j].gate) + r * hid * es;
-  const uint8_t* ur = static_cast<const uint8_t*>(ex[j].up) + r * hid * es;
+  const uint8_t* gr = static_cast<const uint8_t*>(e.gate) + r * hid * es;
+  const uint8_t* ur = static_cast<const uint8_t*>(e.up) + r * hid * es;
   float g = 0.0f, u = 0.0f;
 #pragma unroll 2
   for (int64_t i = int64_t(lane) * 8; i < hid; i += kWarp * 8) {
@@ -462,7 +463,9 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
   constexpr int es = T == kF32 ? 4 : 2;
   float total = 0.0f;
   for (int j = 0; j < count; j++) {
-    const uint8_t* dr = static_cast<const uint8_t*>(ex[j].down) + h * inter * es;
+    const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
+    const float wj = m.sel ? m.selW[j] : e.weight;
+    const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
     const float* aj = act + int64_t(j) * inter;
     float s = 0.0f;
 #pragma unroll 4
@@ -473,9 +476,58 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
       const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
       s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
     }
-    total += ex[j].weight * warpSum(s);
+    total += wj * warpSum(s);
   }
   if (lane == 0) out[h] += total;
+}
+
+// One block of 256 threads: p = softmax(logits) as the CPU computes it (max subtracted, expf, divided by the sum),
+// then warp 0 picks the K largest p one at a time (ties: lower index).
+__global__ void routeKernel(const float* logits, int E, int K, bool norm, int* idx, float* w) {
+  extern __shared__ float p[];  // [E]
+  __shared__ float red[32];
+  __shared__ float mx;
+  float m = -INFINITY;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) m = fmaxf(m, logits[e]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float v = -INFINITY;
+    for (int k = 0; k < int(blockDim.x / kWarp); k++) v = fmaxf(v, red[k]);
+    mx = v;
+  }
+  __syncthreads();
+  float s = 0.0f;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) s += (p[e] = expf(logits[e] - mx));
+  const float sum = blockSum(s, red);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) p[e] /= sum;
+  __syncthreads();
+  if (threadIdx.x >= kWarp) return;
+  const int lane = threadIdx.x;
+  float ksum = 0.0f;
+  for (int k = 0; k < K; k++) {
+    float bv = -INFINITY;
+    int bi = E;
+    for (int e = lane; e < E; e += kWarp)
+      if (p[e] > bv) { bv = p[e]; bi = e; }  // ascending e per lane: the first maximum wins
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) {
+      idx[k] = bi;
+      w[k] = bv;
+      p[bi] = -INFINITY;  // taken
+    }
+    ksum += bv;
+    __syncwarp();
+  }
+  if (lane == 0 && norm)
+    for (int k = 0; k < K; k++) w[k] /= ksum;
 }
 
 unsigned blocksFor(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
@@ -587,6 +639,11 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
       moeDown<kBF16><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
       break;
   }
+  return cudaGetLastError();
+}
+
+cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s) {
+  routeKernel<<<1, 256, size_t(E) * sizeof(float), s>>>(logits, E, K, norm, idx, w);
   return cudaGetLastError();
 }
 

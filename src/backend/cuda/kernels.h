@@ -77,7 +77,11 @@ struct MoeArgs {
   const ExpertPtrs* ex;  // [count] (device) unless inl
   bool inl;
   ExpertPtrs exInl[kInlineExperts];
+  const int* sel;        // device routing: expert j of the launch is ex[sel[j]] with weight selW[j]; else nullptr
+  const float* selW;
 };
+// Device routing for one token: softmax over logits [E], the K best (ties: lower index), renormalised when norm.
+cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s);
 cudaError_t moeExperts(const float* x, const MoeArgs& m, int count, int type, int64_t inter, int64_t hidden,
                        float limit, float alpha, float* act, float* out, cudaStream_t s);
 
