@@ -315,9 +315,9 @@ __global__ void ropeKernel(float* x, int64_t n, int64_t heads, int64_t headDim, 
   v[b] = x1 * c + x0 * s;
 }
 
-constexpr int kAttnWarps = 4;
+constexpr int kAttnWarps = 16;  // keys split over 16 warps: decode has one block per head only
 
-// One block per (head, query): each warp runs an online softmax over every 4th key, then the warps merge.
+// One block per (head, query): each warp runs an online softmax over every 16th key, then the warps merge.
 // Shared memory: q [D], then per warp acc [VD].
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attentionKernel(const float* q, const __grid_constant__ AttnArgs a,
                                                                      float* out) {
@@ -451,18 +451,19 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __r
   if (lane == 0) act[int64_t(j) * inter + r] = swigluOne(g, u, limit, alpha);
 }
 
-// grid (hid / 8): one warp per output row h over every expert's down row.
+// grid (hid): one block per output row h, warp w takes experts w, w + 8, ...; the 8 partial sums are added in a
+// fixed order (deterministic).
 template <int T>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __restrict__ act, const __grid_constant__ MoeArgs m,
                                                             int count, int64_t inter, int64_t hid,
                                                             float* __restrict__ out) {
+  __shared__ float part[kGemvWarps];
   const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
-  if (h >= hid) return;
+  const int64_t h = blockIdx.x;
   constexpr int es = T == kF32 ? 4 : 2;
   float total = 0.0f;
-  for (int j = 0; j < count; j++) {
+  for (int j = warp; j < count; j += kGemvWarps) {
     const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
     const float wj = m.sel ? m.selW[j] : e.weight;
     const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
@@ -478,7 +479,14 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
     }
     total += wj * warpSum(s);
   }
-  if (lane == 0) out[h] += total;
+  if (lane == 0) part[warp] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kGemvWarps; k++) t += part[k];
+    out[h] += t;
+  }
 }
 
 // One block of 256 threads: p = softmax(logits) as the CPU computes it (max subtracted, expf, divided by the sum),
@@ -624,7 +632,7 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
                        float limit, float alpha, float* act, float* out, cudaStream_t s) {
   if (count <= 0) return cudaSuccess;
   const dim3 g1(unsigned((inter + kGemvWarps - 1) / kGemvWarps), unsigned(count));
-  const unsigned g2 = unsigned((hidden + kGemvWarps - 1) / kGemvWarps);
+  const unsigned g2 = unsigned(hidden);
   switch (type) {
     case kF32:
       moeGateUp<kF32><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
