@@ -451,7 +451,38 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __r
   if (lane == 0) act[int64_t(j) * inter + r] = swigluOne(g, u, limit, alpha);
 }
 
-// grid (hid): one block per output row h, warp w takes experts w, w + 8, ...; the 8 partial sums are added in a
+// Few experts (count < 4, e.g. Mixtral's 2 large ones): grid (hid / 8), one warp per output row h over every
+// selected expert's down row (all 8 warps of a block busy).
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeDownRows(const float* __restrict__ act,
+                                                                const __grid_constant__ MoeArgs m, int count,
+                                                                int64_t inter, int64_t hid, float* __restrict__ out) {
+  const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
+  if (h >= hid) return;
+  constexpr int es = T == kF32 ? 4 : 2;
+  float total = 0.0f;
+  for (int j = 0; j < count; j++) {
+    const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
+    const float wj = m.sel ? m.selW[j] : e.weight;
+    const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
+    const float* aj = act + int64_t(j) * inter;
+    float s = 0.0f;
+#pragma unroll 4
+    for (int64_t i = int64_t(lane) * 8; i < inter; i += kWarp * 8) {
+      float f[8];
+      load8<T>(dr + i * es, f);
+      const float4 a = *reinterpret_cast<const float4*>(aj + i);
+      const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
+      s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+    }
+    total += wj * warpSum(s);
+  }
+  if (lane == 0) out[h] += total;
+}
+
+// Many experts: grid (hid): one block per output row h, warp w takes experts w, w + 8, ...; the 8 partial sums are added in a
 // fixed order (deterministic).
 template <int T>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __restrict__ act, const __grid_constant__ MoeArgs m,
@@ -632,21 +663,26 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
                        float limit, float alpha, float* act, float* out, cudaStream_t s) {
   if (count <= 0) return cudaSuccess;
   const dim3 g1(unsigned((inter + kGemvWarps - 1) / kGemvWarps), unsigned(count));
-  const unsigned g2 = unsigned(hidden);
+  const bool rows = count < 4;
+  const unsigned g2 = rows ? unsigned((hidden + kGemvWarps - 1) / kGemvWarps) : unsigned(hidden);
+#define DOPPLER_MOE_DOWN(T)                                                                                   \
+  if (rows) moeDownRows<T><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);      \
+  else moeDown<T><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
   switch (type) {
     case kF32:
       moeGateUp<kF32><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
-      moeDown<kF32><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+      DOPPLER_MOE_DOWN(kF32)
       break;
     case kF16:
       moeGateUp<kF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
-      moeDown<kF16><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+      DOPPLER_MOE_DOWN(kF16)
       break;
     default:
       moeGateUp<kBF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
-      moeDown<kBF16><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+      DOPPLER_MOE_DOWN(kBF16)
       break;
   }
+#undef DOPPLER_MOE_DOWN
   return cudaGetLastError();
 }
 
