@@ -72,6 +72,10 @@ inline void addEngineOptions(CLI::App& sub, EngineOptions& o) {
   sub.add_option("--cache-dir", o.cacheDir,
                  "Cache directory (default: $DOPPLER_CACHE, else $XDG_CACHE_HOME/doppler, else ~/.cache/doppler)");
   sub.add_option("-t,--threads", o.threads, "CPU threads (default: one per core)")->check(CLI::NonNegativeNumber);
+  sub.add_option("--backend", o.backend,
+                 "Where the model runs: cpu, cuda (the GPU; weights in its memory, --vram limits them) or auto "
+                 "(cuda when a GPU is usable, else cpu) (default cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   // KV cache (docs/kv-cache.md)
   sub.add_option_function<std::string>(
       "--kv-vram", [&o](const std::string& s) { o.kvVram = parseSize(s, "--kv-vram"); },

@@ -8,6 +8,7 @@
 #include "app/cli_common.h"
 #include "app/commands.h"
 #include "backend/cpu/matmul.h"
+#include "backend/gpu_bandwidth.h"
 #include "convert/convert.h"
 #include "convert/synthetic.h"
 #include "core/error.h"
@@ -85,6 +86,9 @@ const bool kRegistered = registerCommand(
 
          std::fprintf(stderr, "doppler: measuring memory read bandwidth...\n");
          auto bw = cpu::measureReadBandwidth(size_t(1) << 30, 5);
+         const bool gpu = !engine->backend().hostVisible();
+         GpuBandwidth gbw;
+         if (gpu) gbw = measureGpuBandwidth(size_t(1) << 30, 9);
 
          std::mt19937 rng(1);
          std::vector<int32_t> prompt(size_t(o->promptTokens));
@@ -113,9 +117,17 @@ const bool kRegistered = registerCommand(
                      median * 1e3, 1.0 / median);
          std::printf("weights/token    %s\n", formatSize(perToken).c_str());
          std::printf("weight read      %.2f GB/s\n", gbs);
-         std::printf("memory bandwidth %.2f GB/s (median of %d, %d threads)\n", bw.medianGBs, bw.runs, bw.threads);
-         std::printf("ratio            %.0f%% of memory bandwidth\n", 100.0 * gbs / bw.medianGBs);
-         reportStats(*engine, o->engine);
+         std::printf("memory bandwidth %.2f GB/s (host RAM read, median of %d, %d threads)\n", bw.medianGBs, bw.runs,
+                     bw.threads);
+         if (gpu) {
+           std::printf("gpu copy         %.2f GB/s (device-to-device, read + write, median of %d x %s)\n",
+                       gbw.deviceCopyGBs, gbw.runs, formatSize(gbw.bytes).c_str());
+           std::printf("gpu h2d          %.2f GB/s (pinned host to device)\n", gbw.hostToDeviceGBs);
+           std::printf("ratio            %.0f%% of GPU copy bandwidth\n", 100.0 * gbs / gbw.deviceCopyGBs);
+         } else {
+           std::printf("ratio            %.0f%% of memory bandwidth\n", 100.0 * gbs / bw.medianGBs);
+         }
+         if (o->engine.printStats) std::fputs(formatStats(engine->stats()).c_str(), stderr);
          return 0;
        };
      }});

@@ -114,6 +114,7 @@ struct TierInfoOpts {
   bool tiers = false;
   std::optional<uint64_t> vram, ram;
   std::string cacheDir;
+  std::string backend = "auto";
 };
 
 void addTierInfoOptions(CLI::App& sub, TierInfoOpts& t) {
@@ -125,10 +126,12 @@ void addTierInfoOptions(CLI::App& sub, TierInfoOpts& t) {
   sub.add_option_function<std::string>(
       "--ram", [&t](const std::string& s) { t.ram = parseSize(s, "--ram"); }, "With --tiers: a host budget");
   sub.add_option("--cache-dir", t.cacheDir, "With --tiers: the cache directory whose free disk space to report");
+  sub.add_option("--backend", t.backend, "With --tiers: the backend whose device tier to report: cpu, cuda or auto "
+                 "(default auto)")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
 }
 
 int infoTiers(const std::string& model, const TierInfoOpts& t) {
-  auto backend = makeCpuBackend();
+  auto backend = makeBackend(t.backend);
   const std::string cache = cacheRoot(t.cacheDir);
   Capabilities c = detectCapabilities(*backend, cache);
   const HostMemory& h = c.host;
@@ -140,6 +143,7 @@ int infoTiers(const std::string& model, const TierInfoOpts& t) {
   std::printf("; usable %s\n", formatSize(h.usable()).c_str());
   std::printf("disk:         %s free of %s (cache %s)\n", formatSize(c.disk.free).c_str(),
               formatSize(c.disk.total).c_str(), cache.c_str());
+  std::printf("gpu:          %s\n", cudaDeviceSummary().c_str());
   std::printf("device:       %s: %s total, %s free%s\n", c.device.backend.c_str(), formatSize(c.device.total).c_str(),
               formatSize(c.device.free).c_str(),
               c.device.emulated ? " (emulated in host RAM: explicit copies, own budget)"
@@ -170,6 +174,7 @@ int infoTiers(const std::string& model, const TierInfoOpts& t) {
 
 struct Opts {
   std::string model;
+  bool gpu = false;
 };
 
 const bool kRegistered = registerCommand(
@@ -178,9 +183,15 @@ const bool kRegistered = registerCommand(
        auto t = std::make_shared<TierInfoOpts>();
        sub.add_option("MODEL", o->model, "RDRR directory or Hugging Face directory (optional with --tiers)");
        addTierInfoOptions(sub, *t);
+       sub.add_flag("--gpu", o->gpu, "Print the backends this build has and the GPU (CUDA) if one is usable");
        return [o, t] {
          if (t->tiers) return infoTiers(o->model, *t);
-         check(!o->model.empty(), "info: MODEL is required (or give --tiers)");
+         if (o->gpu) {  // what this build and machine can run on
+           std::printf("backends:     cpu%s\n", cudaCompiled() ? ", cuda" : " (built without CUDA)");
+           std::printf("gpu:          %s\n", cudaDeviceSummary().c_str());
+           if (o->model.empty()) return 0;
+         }
+         check(!o->model.empty(), "info: MODEL is required (or give --tiers or --gpu)");
          if (isRegularFile(joinPath(o->model, kRdrrManifestName))) return infoRdrr(o->model);
          if (isRegularFile(joinPath(o->model, "config.json"))) return infoHf(o->model);
          if (!isDirectory(o->model)) fail("{}: no such model directory", o->model);

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -41,6 +43,12 @@ struct AttentionParams {
   float scale = 1.0f;        // softmax scale (1/sqrt(headDim) unless the model says otherwise)
   int64_t window = 0;        // 0: full causal attention; w > 0: query at position p sees keys (p - w, p]
   const float* sinks = nullptr;  // [numHeads] per-head sink logits (gpt_oss) or nullptr
+};
+
+// One routed expert applied to one token (Backend::moeExperts).
+struct ExpertCall {
+  WeightView gate, up, down;  // [I, hidden], [I, hidden], [hidden, I]
+  float weight = 0;           // routing weight
 };
 
 class Backend {
@@ -75,9 +83,44 @@ class Backend {
   virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) = 0;
   // y[i] += a * x[i]
   virtual void axpy(float a, const float* x, int64_t n, float* y) = 0;
+  // MoE for ONE token (decode): out[:] += Σ_j calls[j].weight · down_j(act(gate_j(x), up_j(x))) with act the
+  // swiglu above (limit, alpha); x, out [hidden]. Default (backend_factory.cpp): the ops above, one expert after
+  // another; the CUDA backend runs all of them in two launches (grouped GEMVs).
+  virtual void moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
+                          float* out);
+  // Decode MoE with the routing on the device, for ONE token when every expert of the layer is resident:
+  // softmax over the numExperts router logits (device), the topK best (ties: lower index), weights renormalised
+  // over them when normTopk; out[:] += Σ weight_j · expert_j(x) as in moeExperts. `experts` lists all numExperts
+  // experts of the layer and must stay valid (same device addresses) for the backend's lifetime. Nothing waits
+  // for the GPU. Returns false when the backend has no such path (the caller then routes on the host).
+  virtual bool moeRoutedOnDevice(const float* x, const float* logits, const ExpertCall* experts, int64_t numExperts,
+                                 int64_t topK, bool normTopk, float limit, float alpha, float* out) {
+    return false;
+  }
+  // y[i] = value for i < n (device memory). Default: through copy() from a host array.
+  virtual void fill(float* y, int64_t n, float value) {
+    std::vector<float> v(static_cast<size_t>(n), value);
+    copy(y, Tier::Device, v.data(), Tier::Host, v.size() * sizeof(float));
+  }
+
+  // True when device-tier memory is ordinary host memory that host code may read and write directly (the CPU
+  // backend). False on a GPU: host code must go through copy().
+  virtual bool hostVisible() const { return false; }
+  // Waits until every op issued so far has finished (ops of asynchronous backends run in issue order; copy()
+  // to the host tier waits by itself).
+  virtual void synchronize() {}
+  // Physical device memory (a GPU's total and currently free bytes); false when the device tier is emulated.
+  virtual bool deviceMemory(uint64_t* total, uint64_t* free) const { return false; }
 };
 
 std::unique_ptr<Backend> makeCpuBackend();
+
+// ---- backend selection (backend/backend_factory.cpp) ----
+// "cpu", "cuda" (Error naming the reason when no GPU is usable) or "auto" (cuda when a GPU is usable, else cpu).
+std::unique_ptr<Backend> makeBackend(std::string_view kind);
+bool cudaCompiled();                         // this build has the CUDA backend
+int cudaDeviceCount(std::string* why = nullptr);  // usable GPUs (0 with the reason in *why)
+std::string cudaDeviceSummary();             // "NVIDIA H200, 139.8 GiB, sm_90, 132 SMs, driver 13.0" or "none (...)"
 
 }  // namespace doppler
 

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/model_source.h"
 #include "loader/rdrr_weights.h"
@@ -48,8 +49,15 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
   e->dir_ = rm.dir;
   e->lazy_ = rm.lazy;
   e->rdrr_ = RdrrModel::open(e->dir_, std::move(rm.fetcher));
-  e->backend_ = makeCpuBackend();
-  if (paged) {  // paged through budgeted tiers (docs/tiers.md)
+  e->backend_ = makeBackend(opts.backend);
+  // On a GPU the weights must be in its memory: always through the tier manager, resident when they fit the
+  // device budget (--vram, default the GPU's free memory less headroom), else paged.
+  const bool gpu = !e->backend_->hostVisible();
+  if (gpu)
+    check(opts.kvDtype == KVDType::F32,
+          "--kv-dtype {}: KV compression runs on the CPU backend only for now (use f32 with --backend cuda)",
+          kvDTypeName(opts.kvDtype));
+  if (paged || gpu) {  // paged through budgeted tiers (docs/tiers.md)
     uint64_t shardBytes = 0;
     for (const auto& s : e->rdrr_->manifest().shards) shardBytes += s.size;
     TierBudgets b = resolveBudgets(detectCapabilities(*e->backend_, cacheRoot(opts.cacheDir)), opts.vram, opts.ram,
@@ -60,6 +68,13 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
     to.diskBudget = b.disk;
     to.prefetch = opts.prefetch;
     auto t = std::make_unique<TieredWeights>(*e->rdrr_, *e->backend_, to);
+    // On a GPU without --vram: when every expert fits beside the resident weights, load them all now, so that
+    // "resident" means resident (no expert is read from disk in the middle of a decode).
+    const TierPlan& plan = t->plan();
+    if (gpu && !opts.vram && !plan.denseStreamed && plan.expertCount > 0 &&
+        plan.residentBytes + plan.expertTotalBytes + (plan.expertTotalBytes >> 4) <= b.device) {
+      t->loadAllExperts();
+    }
     e->tiered_ = t.get();
     e->weights_ = std::move(t);
   } else {

@@ -20,6 +20,9 @@ struct EngineOptions {
   std::string cacheDir;  // "" = default cache root (engine/model_source.h)
   int threads = 0;       // 0 = one per core
   bool quiet = false;    // no progress lines on stderr
+  // --backend (issue #8): "cpu", "cuda" or "auto" (cuda when a GPU is usable). On cuda every weight lives in
+  // the device tier: resident when it fits (--vram defaults to the GPU's free memory), else paged.
+  std::string backend = "cpu";
   // KV cache (issue #7, docs/kv-cache.md): paged blocks, device budget, spill to host, compression.
   uint64_t kvVram = kKVUnlimited;          // --kv-vram: device-tier bytes for KV blocks
   uint64_t kvRam = kKVUnlimited;           // --kv-ram: host-tier bytes for spilled KV blocks (0 = no spill)

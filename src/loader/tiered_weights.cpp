@@ -14,6 +14,20 @@ TieredWeights::TieredWeights(const RdrrModel& model, Backend& backend, const Tie
   co.diskBudget = opts.diskBudget;
   cache_ = std::make_unique<TierCache>(model_, backend, plan_, opts.deviceBudget, opts.hostBudget, co);
   requested_.resize(size_t(plan_.numLayers));
+  // Each routed expert's tensors, looked up once: gate/up/down weights (required) and biases (optional).
+  expertTensors_.resize(plan_.units.size());
+  static const char* kSuffix[6] = {"gate.weight", "up.weight", "down.weight", "gate.bias", "up.bias", "down.bias"};
+  for (int l = 0; l < plan_.numLayers; l++)
+    for (size_t x = 0; x < plan_.expertUnit[size_t(l)].size(); x++) {
+      const int ui = plan_.expertUnit[size_t(l)][x];
+      if (ui < 0) continue;
+      const std::string p = fmt::format("layers.{}.experts.{}.", l, x);
+      for (int k = 0; k < 6; k++) {
+        const UnitTensor* t = plan_.units[size_t(ui)].find(p + kSuffix[k]);
+        check(t || k >= 3, "{}: expert {} of layer {} has no tensor {}{}", model_.dir(), x, l, p, kSuffix[k]);
+        expertTensors_[size_t(ui)][size_t(k)] = t;
+      }
+    }
   predicted_.resize(size_t(plan_.numLayers));
   hasPrediction_.assign(size_t(plan_.numLayers), false);
 }
@@ -58,19 +72,18 @@ ExpertLease TieredWeights::acquireExpert(int layer, int expert) {
   ExpertLease e;
   e.pin = WeightPin([c = cache_.get(), ui] { c->release(ui); });
   const Unit& u = plan_.units[size_t(ui)];
-  const std::string p = fmt::format("layers.{}.experts.{}.", layer, expert);
-  auto get = [&](const char* suffix, WeightView& v, bool required) {
-    const UnitTensor* t = u.find(p + suffix);
-    if (t) v = viewOf(u, *t, base);
-    else check(!required, "{}: expert {} of layer {} has no tensor {}{}", model_.dir(), expert, layer, p, suffix);
-  };
-  get("gate.weight", e.gate, true);
-  get("up.weight", e.up, true);
-  get("down.weight", e.down, true);
-  get("gate.bias", e.gateBias, false);
-  get("up.bias", e.upBias, false);
-  get("down.bias", e.downBias, false);
+  const auto& t = expertTensors_[size_t(ui)];  // found once at construction (names are not formatted per use)
+  WeightView* views[6] = {&e.gate, &e.up, &e.down, &e.gateBias, &e.upBias, &e.downBias};
+  for (int k = 0; k < 6; k++)
+    if (t[size_t(k)]) *views[k] = viewOf(u, *t[size_t(k)], base);
   return e;
+}
+
+void TieredWeights::loadAllExperts() {
+  for (int l = 0; l < plan_.numLayers; l++)
+    for (size_t x = 0; x < plan_.expertUnit[size_t(l)].size(); x++)
+      if (plan_.expertUnit[size_t(l)][x] >= 0) acquireExpert(l, int(x));  // loaded, then unpinned
+  allExpertsLoaded_ = true;
 }
 
 void TieredWeights::prefetchExperts(int layer, std::span<const int64_t> experts, PrefetchHint hint) {

@@ -3,6 +3,7 @@
 // they do not fit, are paged through the tier cache (loader/tier_cache.h). Weights are read with pread into
 // budgeted buffers, never mmapped, so the process's memory stays within the budgets.
 #pragma once
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,7 +36,11 @@ class TieredWeights final : public WeightProvider {
   WeightView tensor(const std::string& name) override;
   ExpertLease acquireExpert(int layer, int expert) override;
   void prefetchExperts(int layer, std::span<const int64_t> experts, PrefetchHint hint) override;
-  bool wantsExpertPredictions() const override { return opts_.prefetch; }
+  bool wantsExpertPredictions() const override { return opts_.prefetch && !allExpertsLoaded_; }
+  // Loads every routed expert into the device tier now (Error when they do not fit); afterwards nothing is
+  // paged, so no predictions are asked for. The GPU engine calls it when the device budget holds everything.
+  void loadAllExperts();
+  bool expertsResident() const override { return allExpertsLoaded_; }
   LayerLease acquireLayer(int layer) override;
   void prefetchLayer(int layer) override;
 
@@ -59,6 +64,8 @@ class TieredWeights final : public WeightProvider {
   // Prediction scoring: what was predicted for each layer in the current pass.
   std::vector<std::set<int64_t>> predicted_;
   std::vector<bool> hasPrediction_;
+  bool allExpertsLoaded_ = false;
+  std::vector<std::array<const UnitTensor*, 6>> expertTensors_;  // [unit] gate/up/down weight, gate/up/down bias
 };
 
 }  // namespace doppler

@@ -108,6 +108,9 @@ class WeightProvider {
   virtual void prefetchExperts(int layer, std::span<const int64_t> experts, PrefetchHint hint) {}
   // True when expert predictions are worth computing (the provider pages experts and prefetches).
   virtual bool wantsExpertPredictions() const { return false; }
+  // True when every routed expert is in the device tier for good (nothing is paged), so model code may keep
+  // expert leases for the whole run and route on the device.
+  virtual bool expertsResident() const { return false; }
   // Pins layer `layer`'s streamed dense matrices (empty lease when the layer is resident), and a hint that
   // `layer` comes next.
   virtual LayerLease acquireLayer(int layer) { return {}; }

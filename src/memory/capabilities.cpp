@@ -209,6 +209,9 @@ DeviceMemory detectDeviceMemory(const Backend& backend, const HostMemory& host) 
     d.unified = false;  // copies into the emulated pool are real copies, exactly as on a discrete GPU
     d.total = host.cgroupLimit ? std::min(host.total, *host.cgroupLimit) : host.total;
     d.free = host.usable();
+  } else if (uint64_t total = 0, free = 0; backend.deviceMemory(&total, &free)) {
+    d.total = total;  // a GPU (CUDA backend): its own memory, copies over PCIe
+    d.free = free;
   }
   return d;
 }

@@ -40,7 +40,14 @@ ParamVec DecoderModel::paramsOf(const WeightView& w, const std::string& name, in
         size);
   check(isFloat(w.dtype), "tensor {}: dtype {} is not a float type", name, dtypeName(w.dtype));
   std::vector<float> host(static_cast<size_t>(size));
-  toF32(w.data, w.dtype, host.data(), size_t(size));
+  const void* src = w.data;
+  std::vector<uint8_t> raw;
+  if (!backend_.hostVisible()) {  // the view is GPU memory: read it back first
+    raw.resize(w.bytes());
+    backend_.copy(raw.data(), Tier::Host, w.data, Tier::Device, raw.size());
+    src = raw.data();
+  }
+  toF32(src, w.dtype, host.data(), size_t(size));
   p.data = DeviceArray(backend_, size_t(size));
   backend_.copy(p.data.data(), Tier::Device, host.data(), Tier::Host, host.size() * sizeof(float));
   return p;
@@ -175,6 +182,23 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   // Router logits on the device, routing decisions on the host.
   DeviceArray logitsDev(backend_, size_t(n * E));  // [n, E]
   backend_.matmul(a.h.data(), n, w.router, w.routerBias.ptr(), logitsDev.data());
+  if (n == 1 && cfg_.routing == RoutingType::SoftmaxTopK && !w.expertBias && !w.scoreBias.ptr() &&
+      weights_.expertsResident()) {
+    // Decode with every expert resident: route on the device, nothing waits for the GPU.
+    if (residentExperts_.size() < size_t(cfg_.numLayers)) residentExperts_.resize(size_t(cfg_.numLayers));
+    auto& table = residentExperts_[size_t(l)];
+    if (table.empty()) {
+      for (int64_t e = 0; e < E; e++) {
+        residentPins_.push_back(weights_.acquireExpert(l, int(e)));
+        const ExpertLease& x = residentPins_.back();
+        table.push_back(ExpertCall{x.gate, x.up, x.down, 0.0f});
+      }
+    }
+    backend_.fill(a.out.data(), hid, 0.0f);
+    if (backend_.moeRoutedOnDevice(a.h.data(), logitsDev.data(), table.data(), E, K, cfg_.normTopkProb,
+                                   float(cfg_.swigluLimit), 1.702f, a.out.data()))
+      return;
+  }
   std::vector<float> logits(static_cast<size_t>(n * E));
   backend_.copy(logits.data(), Tier::Host, logitsDev.data(), Tier::Device, logits.size() * sizeof(float));
   std::vector<float> scoreBias;
@@ -201,7 +225,18 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   weights_.prefetchExperts(l, used, PrefetchHint::Needed);
   if (weights_.wantsExpertPredictions()) predictNextExperts(l, a);
 
-  std::fill(a.out.data(), a.out.data() + n * hid, 0.0f);
+  backend_.fill(a.out.data(), n * hid, 0.0f);
+  if (n == 1 && !w.expertBias) {  // decode: every selected expert in one grouped call (pinned together)
+    std::vector<ExpertLease> leases;
+    std::vector<ExpertCall> calls;
+    for (int64_t e : used) {
+      leases.push_back(weights_.acquireExpert(l, int(e)));
+      calls.push_back(ExpertCall{leases.back().gate, leases.back().up, leases.back().down, byExpert[size_t(e)][0].second});
+    }
+    backend_.moeExperts(a.h.data(), calls.data(), int64_t(calls.size()), float(cfg_.swigluLimit), 1.702f,
+                        a.out.data());
+    return;
+  }
   DeviceArray xe(backend_, size_t(n * hid)), ye(backend_, size_t(n * hid));  // [ne, hidden]
   for (int64_t e : used) {
     const auto& toks = byExpert[size_t(e)];

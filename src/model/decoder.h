@@ -99,6 +99,10 @@ class DecoderModel : public Model {
   // x += y
   void residual(Activations& a) { backend_.axpy(1.0f, a.out.data(), a.n * cfg_.hiddenSize, a.x.data()); }
 
+  // Decode with routing on the device (every expert resident): per layer, all experts' views, pinned for good.
+  std::vector<std::vector<ExpertCall>> residentExperts_;
+  std::vector<ExpertLease> residentPins_;
+
   ModelConfig cfg_;
   WeightProvider& weights_;
   Backend& backend_;

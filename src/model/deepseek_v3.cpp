@@ -39,7 +39,8 @@ struct MlaWeights {
   ParamVec kvANorm;       // [C]
   WeightView kvB;         // [H*(N+V), C]
   WeightView o;           // [hidden, H*V]
-  std::vector<uint8_t> kvBRows;  // row-major copy of a column-layout kv_b (made at load when it is resident)
+  std::shared_ptr<uint8_t> kvBRows;  // row-major copy of a column-layout kv_b in the device tier (made at load
+                                     // when it is resident)
 };
 
 class DeepseekV3Model final : public DecoderModel {
@@ -122,7 +123,22 @@ class DeepseekV3Model final : public DecoderModel {
     w.kvB = loadMatrix(p + "kv_b.weight", H * (N + V), C);
     w.o = loadMatrix(p + "o.weight", hid, H * V);
 
-    if (w.kvB.layout == Layout::Column && w.kvB.data) toRowMajor(w.kvB, w.kvBRows);
+    if (w.kvB.layout == Layout::Column && w.kvB.data) w.kvBRows = rowMajorOnDevice(w.kvB);
+  }
+
+  // A row-major copy of a column-layout matrix in the device tier: read back to the host, transposed there,
+  // copied up again (the weights may be GPU memory, which host code cannot read directly).
+  std::shared_ptr<uint8_t> rowMajorOnDevice(const WeightView& w) {
+    const size_t bytes = w.bytes();
+    std::vector<uint8_t> host(bytes), rows;
+    backend_.copy(host.data(), Tier::Host, w.data, Tier::Device, bytes);
+    WeightView hv = w;
+    hv.data = host.data();
+    toRowMajor(hv, rows);
+    auto* d = static_cast<uint8_t*>(backend_.allocate(Tier::Device, bytes));
+    backend_.copy(d, Tier::Device, rows.data(), Tier::Host, bytes);
+    Backend* b = &backend_;
+    return std::shared_ptr<uint8_t>(d, [b, bytes](uint8_t* p) { b->release(Tier::Device, p, bytes); });
   }
 
   // A column-layout W[out, in] as row-major bytes (same dtype).
@@ -203,11 +219,11 @@ class DeepseekV3Model final : public DecoderModel {
                   C = cfg_.kvLoraRank, QD = N + R, LD = C + R;
     // Per-head views of kv_b (row-major): head h's rows are contiguous, so W_k,h [N, C] read column-major is
     // W_k,hᵀ [C, N], and W_v,h [V, C] is a row block.
-    std::vector<uint8_t> scratch;
+    std::shared_ptr<uint8_t> scratch;
     const uint8_t* base = static_cast<const uint8_t*>(w.kvB.data);
     if (w.kvB.layout == Layout::Column) {
-      if (w.kvBRows.empty()) toRowMajor(w.kvB, scratch);  // streamed: converted per use
-      base = w.kvBRows.empty() ? scratch.data() : w.kvBRows.data();
+      if (!w.kvBRows) scratch = rowMajorOnDevice(w.kvB);  // streamed: converted per use
+      base = w.kvBRows ? w.kvBRows.get() : scratch.get();
     }
     const size_t es = dtypeSize(w.kvB.dtype);
     auto headK = [&](int64_t h) {

@@ -201,6 +201,8 @@ class CpuBackend final : public Backend {
   void axpy(float a, const float* x, int64_t n, float* y) override {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
   }
+  void fill(float* y, int64_t n, float value) override { std::fill(y, y + n, value); }
+  bool hostVisible() const override { return true; }
 
  private:
   ThreadPool& pool_ = ThreadPool::global();

@@ -1,0 +1,86 @@
+// Per-op cost of the CUDA backend at Qwen3-30B-A3B decode shapes (issue #8): for each op, the host time to issue
+// it (no synchronisation) and the time per op when 200 are run back to back and then waited for. Tells launch and
+// API overhead apart from GPU time. Usage: cuda_ops_bench (needs a GPU).
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/dtype.h"
+
+using namespace doppler;
+
+namespace {
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+void timeOp(Backend& b, const char* name, const std::function<void()>& op, int reps = 200) {
+  op();
+  b.synchronize();
+  double t0 = now();
+  for (int i = 0; i < reps; i++) op();
+  const double issue = now() - t0;
+  b.synchronize();
+  const double total = now() - t0;
+  std::printf("%-34s issue %8.2f us/op   complete %8.2f us/op\n", name, issue / reps * 1e6, total / reps * 1e6);
+}
+}  // namespace
+
+int main() {
+  std::string why;
+  if (cudaDeviceCount(&why) <= 0) {
+    std::printf("no GPU: %s\n", why.c_str());
+    return 0;
+  }
+  auto b = makeBackend("cuda");
+  std::mt19937 g(1);
+  auto devBf16 = [&](int64_t rows, int64_t cols) {
+    std::vector<uint16_t> h(size_t(rows * cols));
+    std::normal_distribution<float> d(0, 0.02f);
+    for (auto& x : h) x = f32ToBf16(d(g));
+    void* p = b->allocate(Tier::Device, h.size() * 2);
+    b->copy(p, Tier::Device, h.data(), Tier::Host, h.size() * 2);
+    return WeightView{p, DType::BF16, {rows, cols}, Layout::Row};
+  };
+  auto devF32 = [&](size_t n) {
+    std::vector<float> h(n, 0.5f);
+    auto* p = static_cast<float*>(b->allocate(Tier::Device, n * 4));
+    b->copy(p, Tier::Device, h.data(), Tier::Host, n * 4);
+    return p;
+  };
+  const int64_t hid = 2048, H = 32, KVH = 4, D = 128, I = 768, E = 128, K = 8, T = 96, V = 151936;
+  WeightView q = devBf16(H * D, hid), o = devBf16(hid, H * D), router = devBf16(E, hid), head = devBf16(V, hid);
+  std::vector<ExpertCall> calls;
+  for (int64_t j = 0; j < K; j++) calls.push_back({devBf16(I, hid), devBf16(I, hid), devBf16(hid, I), 0.1f});
+  float *x = devF32(size_t(hid)), *y = devF32(size_t(H * D)), *logits = devF32(size_t(V)), *nw = devF32(size_t(hid));
+  float *kc = devF32(size_t(T * KVH * D)), *vc = devF32(size_t(T * KVH * D)), *att = devF32(size_t(H * D));
+  std::vector<KVChunk> chunks;
+  for (int64_t t = 0; t < T; t += 16) chunks.push_back({t, t + 16, kc + t * KVH * D, vc + t * KVH * D});
+  std::vector<int64_t> pos{T - 1};
+  std::vector<float> inv(size_t(D / 2), 0.01f);
+  AttentionParams ap{H, KVH, D, D, 0.088f, 0, nullptr};
+  RopeParams rp{inv.data(), D, 1.0f, false};
+  std::vector<float> hostLogits(static_cast<size_t>(E));
+
+  std::printf("%s\n", b->name().c_str());
+  timeOp(*b, "matmul q [4096, 2048] bf16", [&] { b->matmul(x, 1, q, nullptr, y); });
+  timeOp(*b, "matmul o [2048, 4096] bf16", [&] { b->matmul(y, 1, o, nullptr, x); });
+  timeOp(*b, "matmul router [128, 2048]", [&] { b->matmul(x, 1, router, nullptr, logits); });
+  timeOp(*b, "matmul lm_head [151936, 2048]", [&] { b->matmul(x, 1, head, nullptr, logits); }, 50);
+  timeOp(*b, "moeExperts 8 x [768, 2048]", [&] { b->moeExperts(x, calls.data(), K, 0, 1.702f, nw); });
+  timeOp(*b, "attention H32 KVH4 D128 T96 (6 ch)",
+         [&] { b->attention(y, 1, pos.data(), chunks.data(), int64_t(chunks.size()), ap, att); });
+  timeOp(*b, "rope 32 heads", [&] { b->rope(y, 1, H, D, pos.data(), rp); });
+  timeOp(*b, "rmsNorm 2048", [&] { b->rmsNorm(x, 1, hid, nw, 1e-6f, x); });
+  timeOp(*b, "rmsNorm 32 x 128 (qk norm)", [&] { b->rmsNorm(y, H, D, nw, 1e-6f, y); });
+  timeOp(*b, "axpy 2048", [&] { b->axpy(1.0f, nw, hid, x); });
+  timeOp(*b, "fill 2048", [&] { b->fill(nw, hid, 0.0f); });
+  timeOp(*b, "copy D2D 8 KiB", [&] { b->copy(att, Tier::Device, y, Tier::Device, 8192); });
+  timeOp(*b, "copy D2H 512 B (waits)", [&] { b->copy(hostLogits.data(), Tier::Host, logits, Tier::Device, 512); });
+  timeOp(*b, "allocate + release 16 KiB", [&] {
+    void* p = b->allocate(Tier::Device, 16384);
+    b->release(Tier::Device, p, 16384);
+  });
+  return 0;
+}

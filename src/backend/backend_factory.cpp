@@ -1,0 +1,89 @@
+// Backend selection (--backend cpu|cuda|auto). Only this file knows whether the CUDA backend was compiled
+// (DOPPLER_HAVE_CUDA is set on it alone by CMake), so every other object builds the same either way.
+#include "backend/backend.h"
+#include "core/error.h"
+
+namespace doppler {
+
+#ifdef DOPPLER_HAVE_CUDA
+std::unique_ptr<Backend> makeCudaBackend();  // backend/cuda/cuda_backend.cpp
+namespace cuda {
+int deviceCount(std::string* why);
+std::string deviceSummary();
+}  // namespace cuda
+#endif
+
+bool cudaCompiled() {
+#ifdef DOPPLER_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+int cudaDeviceCount(std::string* why) {
+#ifdef DOPPLER_HAVE_CUDA
+  return cuda::deviceCount(why);
+#else
+  if (why) *why = "this doppler was built without CUDA (configure with -DDOPPLER_CUDA=ON and nvcc present)";
+  return 0;
+#endif
+}
+
+std::string cudaDeviceSummary() {
+#ifdef DOPPLER_HAVE_CUDA
+  return cuda::deviceSummary();
+#else
+  std::string why;
+  cudaDeviceCount(&why);
+  return "none (" + why + ")";
+#endif
+}
+
+void Backend::moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
+                         float* out) {
+  for (int64_t j = 0; j < count; j++) {
+    const ExpertCall& c = calls[j];
+    const int64_t inter = c.gate.rows(), hid = c.down.rows();
+    DeviceArray g(*this, size_t(inter)), u(*this, size_t(inter)), y(*this, size_t(hid));
+    matmul(x, 1, c.gate, nullptr, g.data());
+    matmul(x, 1, c.up, nullptr, u.data());
+    swiglu(g.data(), u.data(), inter, limit, alpha, g.data());
+    matmul(g.data(), 1, c.down, nullptr, y.data());
+    axpy(c.weight, y.data(), hid, out);
+  }
+}
+
+std::unique_ptr<Backend> makeBackend(std::string_view kind) {
+  if (kind == "cpu") return makeCpuBackend();
+  if (kind == "cuda" || kind == "auto") {
+    std::string why;
+    const int n = cudaDeviceCount(&why);
+    if (n > 0) {
+#ifdef DOPPLER_HAVE_CUDA
+      return makeCudaBackend();
+#endif
+    }
+    if (kind == "auto") return makeCpuBackend();
+    fail("--backend cuda: no usable GPU: {}", why);
+  }
+  fail("unknown backend '{}' (expected cpu, cuda or auto)", kind);
+}
+
+}  // namespace doppler
+
+#include "backend/gpu_bandwidth.h"
+
+namespace doppler {
+#ifdef DOPPLER_HAVE_CUDA
+namespace cuda {
+GpuBandwidth measureBandwidth(size_t bytes, int runs);  // backend/cuda/cuda_backend.cpp
+}
+#endif
+GpuBandwidth measureGpuBandwidth(size_t bytes, int runs) {
+#ifdef DOPPLER_HAVE_CUDA
+  if (cudaDeviceCount(nullptr) > 0) return cuda::measureBandwidth(bytes, runs);
+#endif
+  return GpuBandwidth{};
+}
+}  // namespace doppler

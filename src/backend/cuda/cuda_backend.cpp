@@ -1,0 +1,493 @@
+// The CUDA backend (issue #8): every Backend op on one GPU, f32 activations and accumulation.
+//
+// Memory: Tier::Device is GPU memory from the stream-ordered allocator (cudaMallocAsync on the compute stream,
+// pool kept, never managed memory), so the many small scratch arrays of a forward cost no cudaMalloc each;
+// Tier::Host is pinned memory (cudaHostAlloc), which the GPU copies from at full PCIe speed.
+// Streams: ops run in issue order on one compute stream and return at once. copy() keeps the interface's
+// synchronous meaning where it matters: a copy into host memory waits for it; a host-to-device copy (the tier
+// cache's loader thread uses them) runs on the calling thread's own copy stream after the work already issued on
+// the compute stream (its destination may be memory that work still reads), and waits for itself, so the source
+// may be reused at once; device-to-device copies stay on the compute stream, asynchronous.
+// Small host arrays an op takes (positions, rope frequencies, token ids, KV chunk lists) are uploaded into a
+// device scratch area with cudaMemcpyAsync on the compute stream (stream order makes reuse safe).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <thread>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.h"
+#include "backend/gpu_bandwidth.h"
+#include "core/error.h"
+
+namespace doppler {
+
+namespace cuda {
+
+int deviceCount(std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why) *why = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
+    cudaGetLastError();  // clear
+    return 0;
+  }
+  if (n == 0 && why) *why = "no CUDA device";
+  return n;
+}
+
+std::string deviceSummary() {
+  std::string why;
+  const int n = deviceCount(&why);
+  if (n <= 0) return "none (" + why + ")";
+  std::string out;
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  for (int d = 0; d < n; d++) {
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, d) != cudaSuccess) continue;
+    size_t freeB = 0, totalB = 0;
+    cudaSetDevice(d);
+    cudaMemGetInfo(&freeB, &totalB);
+    out += fmt::format("{}{}: {}, {:.1f} GiB ({:.1f} GiB free), sm_{}{}, {} SMs, L2 {} MiB, driver {}.{}, runtime {}.{}",
+                       out.empty() ? "" : "; ", d, p.name, double(totalB) / (1 << 30), double(freeB) / (1 << 30),
+                       p.major, p.minor, p.multiProcessorCount, p.l2CacheSize >> 20, driver / 1000,
+                       (driver % 1000) / 10, runtime / 1000, (runtime % 1000) / 10);
+  }
+  cudaSetDevice(0);
+  return out;
+}
+
+GpuBandwidth measureBandwidth(size_t bytes, int runs) {
+  GpuBandwidth r;
+  r.bytes = bytes;
+  r.runs = runs;
+  void *a = nullptr, *b = nullptr, *h = nullptr;
+  cudaStream_t s;
+  cudaEvent_t e0, e1;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess ||
+      cudaHostAlloc(&h, bytes, cudaHostAllocDefault) != cudaSuccess) {
+    cudaGetLastError();
+    if (a) cudaFree(a);
+    if (b) cudaFree(b);
+    return r;
+  }
+  cudaStreamCreate(&s);
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::memset(h, 0x5a, bytes);  // not zeros
+  cudaMemcpy(a, h, bytes, cudaMemcpyHostToDevice);
+  auto median = [&](auto&& op) {
+    std::vector<float> ms;
+    op();  // warm-up
+    for (int i = 0; i < runs; i++) {
+      cudaEventRecord(e0, s);
+      op();
+      cudaEventRecord(e1, s);
+      cudaEventSynchronize(e1);
+      float t = 0;
+      cudaEventElapsedTime(&t, e0, e1);
+      ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    return double(ms[ms.size() / 2]) * 1e-3;
+  };
+  const double d2d = median([&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s); });
+  const double h2d = median([&] { cudaMemcpyAsync(a, h, bytes, cudaMemcpyHostToDevice, s); });
+  r.deviceCopyGBs = 2.0 * double(bytes) / d2d / 1e9;
+  r.hostToDeviceGBs = double(bytes) / h2d / 1e9;
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(s);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFreeHost(h);
+  return r;
+}
+
+}  // namespace cuda
+
+namespace {
+
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("cuda: {}: {}", what, cudaGetErrorString(e));
+}
+
+cuda::MatW matW(const WeightView& w, const char* op) {
+  int t;
+  switch (w.dtype) {
+    case DType::F32: t = cuda::kF32; break;
+    case DType::F16: t = cuda::kF16; break;
+    case DType::BF16: t = cuda::kBF16; break;
+    case DType::MXFP4: t = cuda::kMXFP4; break;
+    default: fail("cuda {}: weight dtype {} not supported (f32, f16, bf16, mxfp4)", op, dtypeName(w.dtype));
+  }
+  check(w.data != nullptr, "cuda {}: weight {} has no data", op, shapeString(w.shape));
+  if (w.dtype == DType::MXFP4)
+    check(w.layout == Layout::Row && w.cols() % 32 == 0, "cuda {}: mxfp4 weights must be row layout with in % 32 == 0",
+          op);
+  return cuda::MatW{w.data, t, w.layout == Layout::Column, w.rows(), w.cols()};
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend() : owner_(std::this_thread::get_id()) {
+    ck(cudaSetDevice(0), "cudaSetDevice");
+    cudaDeviceProp p{};
+    ck(cudaGetDeviceProperties(&p, 0), "cudaGetDeviceProperties");
+    name_ = fmt::format("cuda ({}, sm_{}{})", p.name, p.major, p.minor);
+    ck(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    // Keep freed memory in the pool (the default releases it at every synchronisation).
+    cudaMemPool_t pool;
+    ck(cudaDeviceGetDefaultMemPool(&pool, 0), "cudaDeviceGetDefaultMemPool");
+    uint64_t keep = UINT64_MAX;
+    ck(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    if (scratch_) cudaFree(scratch_);
+    for (auto& [k, t] : tables_)
+      if (t.dev) cudaFree(t.dev);
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& c : copyStreams_) {
+      cudaStreamDestroy(c.stream);
+      cudaEventDestroy(c.event);
+    }
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  bool deviceMemory(uint64_t* total, uint64_t* free) const override {
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) != cudaSuccess) return false;
+    *total = t;
+    *free = f;
+    return true;
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  void* allocate(Tier tier, size_t bytes) override {
+    void* p = nullptr;
+    const size_t b = std::max<size_t>(bytes, 1);
+    if (tier == Tier::Device) {
+      cudaError_t e = cudaMallocAsync(&p, b, stream_);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t f = 0, t = 0;
+        cudaMemGetInfo(&f, &t);
+        fail("out of GPU memory allocating {} bytes for the device tier ({}; {} of {} bytes free)", bytes,
+             cudaGetErrorString(e), f, t);
+      }
+      return p;
+    }
+    if (tier == Tier::Host) {
+      cudaError_t e = cudaHostAlloc(&p, b, cudaHostAllocPortable);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        fail("out of pinned host memory allocating {} bytes for the host tier ({})", bytes, cudaGetErrorString(e));
+      }
+      return p;
+    }
+    fail("cuda backend: cannot allocate in the {} tier", tierName(tier));
+  }
+
+  void release(Tier tier, void* p, size_t) override {
+    if (!p) return;
+    if (tier == Tier::Device) ck(cudaFreeAsync(p, stream_), "cudaFreeAsync");
+    else ck(cudaFreeHost(p), "cudaFreeHost");
+  }
+
+  void copy(void* dst, Tier, const void* src, Tier, size_t bytes) override {
+    if (bytes == 0) return;
+    // Classify by the pointers themselves (callers label tiers by role; a host vector may be labelled device).
+    const bool dDev = isDevice(dst), sDev = isDevice(src);
+    if (!dDev && !sDev) {
+      // Host to host: the source may be device work's output only through a device pointer, so plain memcpy.
+      std::memcpy(dst, src, bytes);
+      return;
+    }
+    if (dDev && sDev) {
+      ck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "device-to-device copy");
+      if (std::this_thread::get_id() != owner_) ck(cudaStreamSynchronize(stream_), "copy: synchronize");
+      return;
+    }
+    if (!dDev) {  // device to host: after the work that produces it, and wait
+      ck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "device-to-host copy");
+      ck(cudaStreamSynchronize(stream_), "device-to-host copy: synchronize");
+      return;
+    }
+    // Host to device, on this thread's copy stream after the compute work issued so far.
+    CopyStream& cs = copyStream();
+    ck(cudaEventRecord(cs.event, stream_), "copy: cudaEventRecord");
+    ck(cudaStreamWaitEvent(cs.stream, cs.event, 0), "copy: cudaStreamWaitEvent");
+    ck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cs.stream), "host-to-device copy");
+    ck(cudaStreamSynchronize(cs.stream), "host-to-device copy: synchronize");
+  }
+
+  void synchronize() override { ck(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+
+  // ---------------------------------------------------------------- ops
+
+  void matmul(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) override {
+    check(x != y, "cuda matmul: y must not alias x");
+    ck(cuda::matmul(x, n, matW(w, "matmul"), bias, y, stream_), "matmul");
+  }
+
+  void embed(const WeightView& table, const int32_t* ids, int64_t n, float* out) override {
+    const int64_t vocab = table.rows();
+    for (int64_t i = 0; i < n; i++)
+      check(ids[i] >= 0 && ids[i] < vocab, "token id {} out of range (vocabulary has {} tokens)", ids[i], vocab);
+    check(table.dtype != DType::MXFP4, "cuda embed: an mxfp4 embedding table is not supported");
+    Uploads up(*this);
+    const size_t oIds = up.add(ids, size_t(n) * sizeof(int32_t));
+    const uint8_t* base = up.flush();
+    ck(cuda::embed(matW(table, "embed"), reinterpret_cast<const int32_t*>(base + oIds), n, out, stream_), "embed");
+  }
+
+  void rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y) override {
+    ck(cuda::rmsNorm(x, rows, dim, w, eps, y, stream_), "rmsNorm");
+  }
+
+  void layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps,
+                 float* y) override {
+    ck(cuda::layerNorm(x, rows, dim, w, b, eps, y, stream_), "layerNorm");
+  }
+
+  void rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions,
+            const RopeParams& p) override {
+    const int64_t half = p.rotDim / 2;
+    cuda::RopeArgs r{};
+    if (n <= cuda::kInlinePos && half <= cuda::kInlineInv) {  // in the kernel's parameters
+      r.inl = true;
+      std::memcpy(r.posInl, positions, size_t(n) * sizeof(int64_t));
+      std::memcpy(r.invInl, p.invFreq, size_t(half) * sizeof(float));
+    } else {
+      Uploads up(*this);
+      const size_t oPos = up.add(positions, size_t(n) * sizeof(int64_t));
+      const size_t oInv = up.add(p.invFreq, size_t(half) * sizeof(float));
+      const uint8_t* base = up.flush();
+      r.pos = reinterpret_cast<const int64_t*>(base + oPos);
+      r.inv = reinterpret_cast<const float*>(base + oInv);
+    }
+    ck(cuda::rope(x, n, heads, headDim, r, p.rotDim, p.attentionScale, p.interleaved, stream_), "rope");
+  }
+
+  void attention(const float* q, int64_t n, const int64_t* positions, const KVChunk* chunks, int64_t numChunks,
+                 const AttentionParams& p, float* out) override {
+    check(p.numKvHeads > 0 && p.numHeads % p.numKvHeads == 0, "attention: {} heads not divisible by {} kv heads",
+          p.numHeads, p.numKvHeads);
+    // Chunks in GPU memory (or pinned host memory, which the GPU can read over PCIe).
+    cuda::AttnArgs a{};
+    a.numHeads = p.numHeads;
+    a.numKvHeads = p.numKvHeads;
+    a.headDim = p.headDim;
+    a.vDim = p.vDim;
+    a.scale = p.scale;
+    a.window = p.window;
+    a.sinks = p.sinks;
+    a.numChunks = numChunks;
+    if (n <= cuda::kInlinePosAttn && numChunks <= cuda::kInlineChunks) {
+      a.inl = true;
+      std::memcpy(a.posInl, positions, size_t(n) * sizeof(int64_t));
+      for (int64_t c = 0; c < numChunks; c++)
+        a.chunkInl[c] = cuda::DevChunk{chunks[c].t0, chunks[c].t1, chunks[c].k, chunks[c].v};
+    } else {
+      std::vector<cuda::DevChunk> dc(static_cast<size_t>(numChunks));
+      for (int64_t c = 0; c < numChunks; c++)
+        dc[size_t(c)] = cuda::DevChunk{chunks[c].t0, chunks[c].t1, chunks[c].k, chunks[c].v};
+      Uploads up(*this);
+      const size_t oPos = up.add(positions, size_t(n) * sizeof(int64_t));
+      const size_t oCh = up.add(dc.data(), dc.size() * sizeof(cuda::DevChunk));
+      const uint8_t* base = up.flush();
+      a.pos = reinterpret_cast<const int64_t*>(base + oPos);
+      a.chunks = reinterpret_cast<const cuda::DevChunk*>(base + oCh);
+    }
+    ck(cuda::attention(q, n, a, out, stream_), "attention");
+  }
+
+  void moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
+                  float* out) override {
+    if (count <= 0) return;
+    const WeightView& g0 = calls[0].gate;
+    const int64_t inter = g0.rows(), hid = g0.cols();
+    const DType dt = g0.dtype;
+    const size_t es = dtypeSize(dt);
+    auto fits = [&](const WeightView& w, int64_t rows, int64_t cols) {
+      return w.data && w.dtype == dt && w.layout == Layout::Row && w.rows() == rows && w.cols() == cols &&
+             reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+    };
+    bool grouped = (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) && inter % 8 == 0 && hid % 8 == 0 &&
+                   (size_t(inter) * es) % 16 == 0 && (size_t(hid) * es) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    std::vector<cuda::ExpertPtrs> ptrs(static_cast<size_t>(count));  // NOLINT
+    for (int64_t j = 0; j < count && grouped; j++) {
+      const ExpertCall& c = calls[j];
+      grouped = fits(c.gate, inter, hid) && fits(c.up, inter, hid) && fits(c.down, hid, inter);
+      ptrs[size_t(j)] = cuda::ExpertPtrs{c.gate.data, c.up.data, c.down.data, c.weight};
+    }
+    if (!grouped) return Backend::moeExperts(x, calls, count, limit, alpha, out);  // one expert at a time
+    const int type = dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16;
+    DeviceArray act(*this, size_t(count * inter));  // [count, I]
+    cuda::MoeArgs m{};
+    if (count <= cuda::kInlineExperts) {
+      m.inl = true;
+      std::copy(ptrs.begin(), ptrs.end(), m.exInl);
+    } else {
+      Uploads up(*this);
+      const size_t oPtrs = up.add(ptrs.data(), ptrs.size() * sizeof(cuda::ExpertPtrs));
+      m.ex = reinterpret_cast<const cuda::ExpertPtrs*>(up.flush() + oPtrs);
+    }
+    ck(cuda::moeExperts(x, m, int(count), type, inter, hid, limit, alpha, act.data(), out, stream_), "moeExperts");
+  }
+
+  bool moeRoutedOnDevice(const float* x, const float* logits, const ExpertCall* experts, int64_t numExperts,
+                         int64_t topK, bool normTopk, float limit, float alpha, float* out) override {
+    if (numExperts <= 0 || topK <= 0 || topK > numExperts || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+    // The layer's expert table in GPU memory, built on first use (the caller keeps the experts where they are).
+    ExpertTable& t = tables_[TableKey{experts, experts[0].gate.data, numExperts}];
+    if (!t.built) {
+      t.built = true;
+      const WeightView& g0 = experts[0].gate;
+      t.inter = g0.rows();
+      t.hid = g0.cols();
+      const DType dt = g0.dtype;
+      const size_t es = dtypeSize(dt);
+      auto fits = [&](const WeightView& w, int64_t rows, int64_t cols) {
+        return w.data && w.dtype == dt && w.layout == Layout::Row && w.rows() == rows && w.cols() == cols &&
+               reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+      };
+      bool ok = (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) && t.inter % 8 == 0 && t.hid % 8 == 0 &&
+                (size_t(t.inter) * es) % 16 == 0 && (size_t(t.hid) * es) % 16 == 0;
+      std::vector<cuda::ExpertPtrs> ptrs(static_cast<size_t>(numExperts));
+      for (int64_t e = 0; e < numExperts && ok; e++) {
+        const ExpertCall& c = experts[e];
+        ok = fits(c.gate, t.inter, t.hid) && fits(c.up, t.inter, t.hid) && fits(c.down, t.hid, t.inter);
+        ptrs[size_t(e)] = cuda::ExpertPtrs{c.gate.data, c.up.data, c.down.data, 0.0f};
+      }
+      if (ok) {
+        t.type = dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16;
+        ck(cudaMalloc(reinterpret_cast<void**>(&t.dev), ptrs.size() * sizeof(cuda::ExpertPtrs)), "cudaMalloc (experts)");
+        ck(cudaMemcpyAsync(t.dev, ptrs.data(), ptrs.size() * sizeof(cuda::ExpertPtrs), cudaMemcpyHostToDevice,
+                           stream_),
+           "expert table upload");
+        ck(cudaStreamSynchronize(stream_), "expert table upload: synchronize");
+      }
+    }
+    if (!t.dev) return false;
+    DeviceArray sel(*this, size_t(2 * topK));  // [K] indices (as int) then [K] weights
+    DeviceArray act(*this, size_t(topK * t.inter));
+    int* idx = reinterpret_cast<int*>(sel.data());
+    float* wts = sel.data() + topK;
+    ck(cuda::routeSoftmaxTopK(logits, int(numExperts), int(topK), normTopk, idx, wts, stream_), "route");
+    cuda::MoeArgs m{};
+    m.ex = t.dev;
+    m.sel = idx;
+    m.selW = wts;
+    ck(cuda::moeExperts(x, m, int(topK), t.type, t.inter, t.hid, limit, alpha, act.data(), out, stream_),
+       "moeRoutedOnDevice");
+    return true;
+  }
+
+  void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) override {
+    ck(cuda::swiglu(gate, up, n, limit, alpha, out, stream_), "swiglu");
+  }
+  void axpy(float a, const float* x, int64_t n, float* y) override { ck(cuda::axpy(a, x, n, y, stream_), "axpy"); }
+  void fill(float* y, int64_t n, float value) override { ck(cuda::fill(y, n, value, stream_), "fill"); }
+
+ private:
+  struct CopyStream {
+    std::thread::id thread;
+    cudaStream_t stream;
+    cudaEvent_t event;
+  };
+
+  CopyStream& copyStream() {
+    std::lock_guard<std::mutex> lk(mu_);
+    const auto id = std::this_thread::get_id();
+    for (auto& c : copyStreams_)
+      if (c.thread == id) return c;
+    CopyStream c{id, nullptr, nullptr};
+    ck(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking), "cudaStreamCreate (copies)");
+    ck(cudaEventCreateWithFlags(&c.event, cudaEventDisableTiming), "cudaEventCreate");
+    copyStreams_.push_back(c);
+    return copyStreams_.back();
+  }
+
+  static bool isDevice(const void* p) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+  }
+
+  // Host arrays of one op, packed into one host buffer and uploaded with one copy into the scratch area.
+  // add() returns an offset; flush() uploads and returns the device base the offsets are relative to.
+  class Uploads {
+   public:
+    explicit Uploads(CudaBackend& b) : b_(b) {}
+    size_t add(const void* host, size_t bytes) {
+      const size_t off = (buf_.size() + 15) / 16 * 16;
+      buf_.resize(off + std::max<size_t>(bytes, 1));
+      if (bytes) std::memcpy(buf_.data() + off, host, bytes);
+      return off;
+    }
+    const uint8_t* flush() {
+      b_.ensureScratch(buf_.size());
+      ck(cudaMemcpyAsync(b_.scratch_, buf_.data(), buf_.size(), cudaMemcpyHostToDevice, b_.stream_), "upload");
+      return b_.scratch_;
+    }
+
+   private:
+    CudaBackend& b_;
+    std::vector<uint8_t> buf_;
+  };
+
+  void ensureScratch(size_t bytes) {
+    if (bytes <= scratchBytes_) return;
+    if (scratch_) {
+      ck(cudaStreamSynchronize(stream_), "scratch: synchronize");
+      ck(cudaFree(scratch_), "cudaFree (scratch)");
+    }
+    scratchBytes_ = std::max<size_t>(bytes * 2, 1 << 16);
+    ck(cudaMalloc(reinterpret_cast<void**>(&scratch_), scratchBytes_), "cudaMalloc (scratch)");
+  }
+
+  struct TableKey {
+    const void* calls;
+    const void* first;
+    int64_t count;
+    bool operator<(const TableKey& o) const {
+      return std::tie(calls, first, count) < std::tie(o.calls, o.first, o.count);
+    }
+  };
+  struct ExpertTable {
+    bool built = false;
+    cuda::ExpertPtrs* dev = nullptr;
+    int type = 0;
+    int64_t inter = 0, hid = 0;
+  };
+  std::map<TableKey, ExpertTable> tables_;  // moeRoutedOnDevice's per-layer expert tables
+
+  std::string name_;
+  std::thread::id owner_;
+  cudaStream_t stream_ = nullptr;
+  std::mutex mu_;
+  std::vector<CopyStream> copyStreams_;
+  uint8_t* scratch_ = nullptr;
+  size_t scratchBytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> makeCudaBackend() { return std::make_unique<CudaBackend>(); }
+
+}  // namespace doppler

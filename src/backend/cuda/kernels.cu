@@ -1,0 +1,713 @@
+// CUDA kernels: f32 activations, f32 accumulation, weights f32/f16/bf16 (row or column layout) and MXFP4 (row).
+// Correctness first; the decode GEMV is the one tuned for bandwidth (one warp per output row, 16-byte loads).
+#include "backend/cuda/kernels.h"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace doppler::cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float bf16ToF32(uint16_t u) { return __uint_as_float(uint32_t(u) << 16); }
+__device__ __forceinline__ float f16ToF32(uint16_t u) { return __half2float(__ushort_as_half(u)); }
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__constant__ float kE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+__device__ __forceinline__ float e8m0(uint8_t e) { return ldexpf(1.0f, int(e) - 127); }
+
+// Element (o, i) of W[out, in], any type and layout (the slow, general path).
+__device__ __forceinline__ float welem(const MatW& w, int64_t o, int64_t i) {
+  if (w.type == kMXFP4) {  // row layout only (checked on the host)
+    const uint8_t* blk = static_cast<const uint8_t*>(w.data) + (o * (w.in / 32) + i / 32) * 17;
+    const int j = int(i % 32);
+    const uint8_t b = blk[1 + j / 2];
+    return kE2M1[(j & 1) ? (b >> 4) : (b & 0x0f)] * e8m0(blk[0]);
+  }
+  const int64_t idx = w.column ? i * w.out + o : o * w.in + i;
+  switch (w.type) {
+    case kF32: return static_cast<const float*>(w.data)[idx];
+    case kF16: return f16ToF32(static_cast<const uint16_t*>(w.data)[idx]);
+    default: return bf16ToF32(static_cast<const uint16_t*>(w.data)[idx]);
+  }
+}
+
+// ---------------------------------------------------------------- GEMV, row layout (decode)
+
+// 8 consecutive weights of type T at p (16-byte aligned for f16/bf16, 32 bytes for f32) as floats.
+template <int T>
+__device__ __forceinline__ void load8(const void* p, float* f) {
+  if constexpr (T == kF32) {
+    const float4 a = __ldg(static_cast<const float4*>(p));
+    const float4 b = __ldg(static_cast<const float4*>(p) + 1);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+  } else {
+    const uint4 u = __ldg(static_cast<const uint4*>(p));
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      if constexpr (T == kBF16) {
+        f[2 * k] = __uint_as_float(w[k] << 16);
+        f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+      } else {
+        f[2 * k] = f16ToF32(uint16_t(w[k] & 0xffff));
+        f[2 * k + 1] = f16ToF32(uint16_t(w[k] >> 16));
+      }
+    }
+  }
+}
+
+constexpr int kGemvWarps = 8;  // rows per block (one warp each)
+
+// y[t, o] for t < n <= NT. VEC: in % 8 == 0 and W, x 16-byte aligned.
+template <int T, int NT, bool VEC>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRow(const float* __restrict__ x, int n, const void* __restrict__ w,
+                                                            int64_t out, int64_t in, const float* __restrict__ bias,
+                                                            float* __restrict__ y) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  if (o >= out) return;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  constexpr int es = T == kF32 ? 4 : 2;
+  const uint8_t* row = static_cast<const uint8_t*>(w) + o * in * es;
+  if constexpr (VEC) {
+#pragma unroll 4
+    for (int64_t i = int64_t(lane) * 8; i < in; i += kWarp * 8) {
+      float f[8];
+      load8<T>(row + i * es, f);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        if (t < n) {
+          const float4 a = __ldg(reinterpret_cast<const float4*>(x + t * in + i));
+          const float4 b = __ldg(reinterpret_cast<const float4*>(x + t * in + i) + 1);
+          acc[t] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z +
+                    f[7] * b.w;
+        }
+      }
+    }
+  } else {
+    for (int64_t i = lane; i < in; i += kWarp) {
+      float wv;
+      if constexpr (T == kF32) wv = reinterpret_cast<const float*>(row)[i];
+      else if constexpr (T == kF16) wv = f16ToF32(reinterpret_cast<const uint16_t*>(row)[i]);
+      else wv = bf16ToF32(reinterpret_cast<const uint16_t*>(row)[i]);
+#pragma unroll
+      for (int t = 0; t < NT; t++)
+        if (t < n) acc[t] += wv * x[t * in + i];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+    if (t < n) {
+      const float s = warpSum(acc[t]);
+      if (lane == 0) y[t * out + o] = s + (bias ? bias[o] : 0.0f);
+    }
+  }
+}
+
+// MXFP4 rows: in / 32 blocks of 17 bytes; one block per lane per step.
+template <int NT>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) gemvMxfp4(const float* __restrict__ x, int n,
+                                                              const uint8_t* __restrict__ w, int64_t out, int64_t in,
+                                                              const float* __restrict__ bias, float* __restrict__ y) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  if (o >= out) return;
+  const int64_t nb = in / 32;
+  const uint8_t* row = w + o * nb * 17;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  for (int64_t b = lane; b < nb; b += kWarp) {
+    const uint8_t* blk = row + b * 17;
+    const float sc = e8m0(blk[0]);
+    float v[32];
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+      const uint8_t c = blk[1 + k];
+      v[2 * k] = kE2M1[c & 0x0f];
+      v[2 * k + 1] = kE2M1[c >> 4];
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      if (t < n) {
+        const float* xv = x + t * in + b * 32;
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 32; k++) s += v[k] * xv[k];
+        acc[t] += s * sc;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+    if (t < n) {
+      const float s = warpSum(acc[t]);
+      if (lane == 0) y[t * out + o] = s + (bias ? bias[o] : 0.0f);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- GEMV, column layout
+
+constexpr int kColOut = 32, kColSlices = 8;
+
+// Block: 32 consecutive outputs (one per lane, coalesced along the contiguous column) x 8 slices of `in`.
+template <int NT>
+__global__ void __launch_bounds__(kColOut * kColSlices) gemvCol(const float* __restrict__ x, int n, MatW w,
+                                                               const float* __restrict__ bias, float* __restrict__ y) {
+  __shared__ float part[NT][kColSlices][kColOut];
+  const int lane = threadIdx.x % kColOut, slice = threadIdx.x / kColOut;
+  const int64_t o = int64_t(blockIdx.x) * kColOut + lane;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  if (o < w.out) {
+    for (int64_t i = slice; i < w.in; i += kColSlices) {
+      const float wv = welem(w, o, i);
+#pragma unroll
+      for (int t = 0; t < NT; t++)
+        if (t < n) acc[t] += wv * x[t * w.in + i];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) part[t][slice][lane] = acc[t];
+  __syncthreads();
+  if (slice == 0 && o < w.out) {
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      if (t < n) {
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < kColSlices; k++) s += part[t][k][lane];
+        y[t * w.out + o] = s + (bias ? bias[o] : 0.0f);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- GEMM (prefill)
+
+constexpr int kBM = 64, kBN = 64, kBK = 16;
+
+// y[n, out] = x[n, in] · Wᵀ: 64 x 64 tiles, 256 threads, 4 x 4 outputs per thread, weights converted on load.
+template <bool COL>
+__global__ void __launch_bounds__(256) gemmTiled(const float* __restrict__ x, int64_t n, MatW w,
+                                                 const float* __restrict__ bias, float* __restrict__ y) {
+  __shared__ float As[kBK][kBM + 4];
+  __shared__ float Bs[kBK][kBN + 4];
+  const int tid = threadIdx.x;
+  const int64_t m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
+  const int ty = tid / 16, tx = tid % 16;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < w.in; k0 += kBK) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int e = tid + j * 256;
+      const int k = e % kBK, m = e / kBK;  // x rows contiguous along k
+      const int64_t gm = m0 + m, gk = k0 + k;
+      As[k][m] = (gm < n && gk < w.in) ? x[gm * w.in + gk] : 0.0f;
+      int kk, nn;
+      if (COL) { nn = e % kBN; kk = e / kBN; }  // column layout: contiguous along out
+      else { kk = e % kBK; nn = e / kBK; }
+      const int64_t go = n0 + nn, gk2 = k0 + kk;
+      Bs[kk][nn] = (go < w.out && gk2 < w.in) ? welem(w, go, gk2) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kBK; k++) {
+      float a[4], b[4];
+#pragma unroll
+      for (int r = 0; r < 4; r++) a[r] = As[k][ty * 4 + r];
+#pragma unroll
+      for (int c = 0; c < 4; c++) b[c] = Bs[k][tx * 4 + c];
+#pragma unroll
+      for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) acc[r][c] += a[r] * b[c];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    const int64_t gm = m0 + ty * 4 + r;
+    if (gm >= n) continue;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+      const int64_t go = n0 + tx * 4 + c;
+      if (go < w.out) y[gm * w.out + go] = acc[r][c] + (bias ? bias[go] : 0.0f);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- small ops
+
+__global__ void embedKernel(MatW t, const int32_t* ids, int64_t dim, float* out) {
+  const int64_t i = blockIdx.x;
+  const int64_t id = ids[i];
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) out[i * dim + c] = welem(t, id, c);
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ float blockSum(float v, float* red) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  v = warpSum(v);
+  __syncthreads();  // red may still be read from a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.0f;
+  for (int k = 0; k < nw; k++) s += red[k];
+  return s;
+}
+
+__global__ void rmsNormKernel(const float* x, int64_t dim, const float* w, float eps, float* y) {
+  __shared__ float red[32];
+  const float* xr = x + int64_t(blockIdx.x) * dim;
+  float* yr = y + int64_t(blockIdx.x) * dim;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = blockSum(ss, red);
+  const float inv = 1.0f / sqrtf(ss / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = (xr[i] * inv) * w[i];
+}
+
+__global__ void layerNormKernel(const float* x, int64_t dim, const float* w, const float* b, float eps, float* y) {
+  __shared__ float red[32];
+  const float* xr = x + int64_t(blockIdx.x) * dim;
+  float* yr = y + int64_t(blockIdx.x) * dim;
+  float s = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i];
+  const float mean = blockSum(s, red) / float(dim);
+  float v = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+  const float var = blockSum(v, red) / float(dim);
+  const float inv = 1.0f / sqrtf(var + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = (xr[i] - mean) * inv * w[i] + (b ? b[i] : 0.0f);
+}
+
+__global__ void ropeKernel(float* x, int64_t n, int64_t heads, int64_t headDim, const __grid_constant__ RopeArgs r,
+                           int64_t half, float scale, bool interleaved) {
+  const int64_t* positions = r.inl ? r.posInl : r.pos;
+  const float* invFreq = r.inl ? r.invInl : r.inv;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= n * heads * half) return;
+  const int64_t j = idx % half, h = (idx / half) % heads, i = idx / (half * heads);
+  const float ang = invFreq[j] * float(positions[i]);
+  const float c = cosf(ang) * scale, s = sinf(ang) * scale;
+  float* v = x + (i * heads + h) * headDim;
+  const int64_t a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
+  const float x0 = v[a], x1 = v[b];
+  v[a] = x0 * c - x1 * s;
+  v[b] = x1 * c + x0 * s;
+}
+
+constexpr int kAttnWarps = 16;  // keys split over 16 warps: decode has one block per head only
+
+// One block per (head, query): each warp runs an online softmax over every 16th key, then the warps merge.
+// Shared memory: q [D], then per warp acc [VD].
+__global__ void __launch_bounds__(kAttnWarps * kWarp) attentionKernel(const float* q, const __grid_constant__ AttnArgs a,
+                                                                     float* out) {
+  const int64_t* positions = a.inl ? a.posInl : a.pos;
+  const DevChunk* chunks = a.inl ? a.chunkInl : a.chunks;
+  const int64_t numChunks = a.numChunks;
+  extern __shared__ float sm[];
+  __shared__ float wm[kAttnWarps], wl[kAttnWarps];
+  const int64_t h = blockIdx.x, i = blockIdx.y, H = a.numHeads, D = a.headDim, VD = a.vDim;
+  const int64_t kvh = h / (H / a.numKvHeads), KVH = a.numKvHeads;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  float* qs = sm;
+  float* acc = sm + D + warp * VD;
+  const float* qv = q + (i * H + h) * D;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qv[d];
+  for (int64_t d = lane; d < VD; d += kWarp) acc[d] = 0.0f;
+  __syncthreads();
+  const int64_t pos = positions[i];
+  const int64_t lo = a.window > 0 ? pos - a.window + 1 : 0;
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t c = 0; c < numChunks; c++) {
+    const DevChunk ch = chunks[c];
+    const int64_t t0 = max(ch.t0, lo), t1 = min(ch.t1, pos + 1);
+    for (int64_t t = t0 + warp; t < t1; t += kAttnWarps) {
+      const float* kp = ch.k + ((t - ch.t0) * KVH + kvh) * D;
+      float s = 0.0f;
+      for (int64_t d = lane; d < D; d += kWarp) s += qs[d] * kp[d];
+      s = warpSum(s) * a.scale;
+      const float* vp = ch.v + ((t - ch.t0) * KVH + kvh) * VD;
+      if (s > m) {
+        const float corr = expf(m - s);
+        l *= corr;
+        for (int64_t d = lane; d < VD; d += kWarp) acc[d] *= corr;
+        m = s;
+      }
+      const float wgt = expf(s - m);
+      l += wgt;
+      for (int64_t d = lane; d < VD; d += kWarp) acc[d] += wgt * vp[d];
+    }
+  }
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = l;
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int k = 0; k < kAttnWarps; k++) M = fmaxf(M, wm[k]);
+  float L = 0.0f, f[kAttnWarps];
+  for (int k = 0; k < kAttnWarps; k++) {
+    f[k] = wm[k] == -INFINITY ? 0.0f : expf(wm[k] - M);
+    L += wl[k] * f[k];
+  }
+  float sinkCorr = 1.0f;
+  if (a.sinks) {  // an extra logit that takes probability mass but adds no value
+    const float s = a.sinks[h];
+    if (s > M) {
+      sinkCorr = M == -INFINITY ? 0.0f : expf(M - s);
+      L *= sinkCorr;
+      M = s;
+    }
+    L += expf(s - M);
+  }
+  const float inv = L > 0 ? 1.0f / L : 0.0f;
+  float* o = out + (i * H + h) * VD;
+  for (int64_t d = threadIdx.x; d < VD; d += blockDim.x) {
+    float v = 0.0f;
+    for (int k = 0; k < kAttnWarps; k++) v += sm[D + k * VD + d] * f[k];
+    o[d] = v * sinkCorr * inv;
+  }
+}
+
+__global__ void swigluKernel(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  if (limit > 0) {
+    const float g = fminf(gate[i], limit);
+    const float u = fminf(fmaxf(up[i], -limit), limit);
+    out[i] = g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+  } else {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void axpyKernel(float a, const float* x, int64_t n, float* y) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] += a * x[i];
+}
+
+__global__ void fillKernel(float* y, int64_t n, float v) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = v;
+}
+
+__device__ __forceinline__ float swigluOne(float g, float u, float limit, float alpha) {
+  if (limit > 0) {
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+    return g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+  }
+  return g / (1.0f + expf(-g)) * u;
+}
+
+// grid (rows / 8, experts): one warp per row r of expert j's gate and up.
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __restrict__ x, const __grid_constant__ MoeArgs m,
+                                                              int64_t inter, int64_t hid, float limit, float alpha,
+                                                              float* __restrict__ act) {
+  const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t r = int64_t(blockIdx.x) * kGemvWarps + warp;
+  const int j = blockIdx.y;
+  if (r >= inter) return;
+  const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
+  constexpr int es = T == kF32 ? 4 : 2;
+  const uint8_t* gr = static_cast<const uint8_t*>(e.gate) + r * hid * es;
+  const uint8_t* ur = static_cast<const uint8_t*>(e.up) + r * hid * es;
+  float g = 0.0f, u = 0.0f;
+#pragma unroll 2
+  for (int64_t i = int64_t(lane) * 8; i < hid; i += kWarp * 8) {
+    float fg[8], fu[8];
+    load8<T>(gr + i * es, fg);
+    load8<T>(ur + i * es, fu);
+    const float4 a = __ldg(reinterpret_cast<const float4*>(x + i));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(x + i) + 1);
+    g += fg[0] * a.x + fg[1] * a.y + fg[2] * a.z + fg[3] * a.w + fg[4] * b.x + fg[5] * b.y + fg[6] * b.z + fg[7] * b.w;
+    u += fu[0] * a.x + fu[1] * a.y + fu[2] * a.z + fu[3] * a.w + fu[4] * b.x + fu[5] * b.y + fu[6] * b.z + fu[7] * b.w;
+  }
+  g = warpSum(g);
+  u = warpSum(u);
+  if (lane == 0) act[int64_t(j) * inter + r] = swigluOne(g, u, limit, alpha);
+}
+
+// Few experts (count < 4, e.g. Mixtral's 2 large ones): grid (hid / 8), one warp per output row h over every
+// selected expert's down row (all 8 warps of a block busy).
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeDownRows(const float* __restrict__ act,
+                                                                const __grid_constant__ MoeArgs m, int count,
+                                                                int64_t inter, int64_t hid, float* __restrict__ out) {
+  const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
+  if (h >= hid) return;
+  constexpr int es = T == kF32 ? 4 : 2;
+  float total = 0.0f;
+  for (int j = 0; j < count; j++) {
+    const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
+    const float wj = m.sel ? m.selW[j] : e.weight;
+    const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
+    const float* aj = act + int64_t(j) * inter;
+    float s = 0.0f;
+#pragma unroll 4
+    for (int64_t i = int64_t(lane) * 8; i < inter; i += kWarp * 8) {
+      float f[8];
+      load8<T>(dr + i * es, f);
+      const float4 a = *reinterpret_cast<const float4*>(aj + i);
+      const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
+      s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+    }
+    total += wj * warpSum(s);
+  }
+  if (lane == 0) out[h] += total;
+}
+
+// Many experts: grid (hid): one block per output row h, warp w takes experts w, w + 8, ...; the 8 partial sums are added in a
+// fixed order (deterministic).
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __restrict__ act, const __grid_constant__ MoeArgs m,
+                                                            int count, int64_t inter, int64_t hid,
+                                                            float* __restrict__ out) {
+  __shared__ float part[kGemvWarps];
+  const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t h = blockIdx.x;
+  constexpr int es = T == kF32 ? 4 : 2;
+  float total = 0.0f;
+  for (int j = warp; j < count; j += kGemvWarps) {
+    const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
+    const float wj = m.sel ? m.selW[j] : e.weight;
+    const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
+    const float* aj = act + int64_t(j) * inter;
+    float s = 0.0f;
+#pragma unroll 4
+    for (int64_t i = int64_t(lane) * 8; i < inter; i += kWarp * 8) {
+      float f[8];
+      load8<T>(dr + i * es, f);
+      const float4 a = *reinterpret_cast<const float4*>(aj + i);
+      const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
+      s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+    }
+    total += wj * warpSum(s);
+  }
+  if (lane == 0) part[warp] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kGemvWarps; k++) t += part[k];
+    out[h] += t;
+  }
+}
+
+// One block of 256 threads: p = softmax(logits) as the CPU computes it (max subtracted, expf, divided by the sum),
+// then warp 0 picks the K largest p one at a time (ties: lower index).
+__global__ void routeKernel(const float* logits, int E, int K, bool norm, int* idx, float* w) {
+  extern __shared__ float p[];  // [E]
+  __shared__ float red[32];
+  __shared__ float mx;
+  float m = -INFINITY;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) m = fmaxf(m, logits[e]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float v = -INFINITY;
+    for (int k = 0; k < int(blockDim.x / kWarp); k++) v = fmaxf(v, red[k]);
+    mx = v;
+  }
+  __syncthreads();
+  float s = 0.0f;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) s += (p[e] = expf(logits[e] - mx));
+  const float sum = blockSum(s, red);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) p[e] /= sum;
+  __syncthreads();
+  if (threadIdx.x >= kWarp) return;
+  const int lane = threadIdx.x;
+  float ksum = 0.0f;
+  for (int k = 0; k < K; k++) {
+    float bv = -INFINITY;
+    int bi = E;
+    for (int e = lane; e < E; e += kWarp)
+      if (p[e] > bv) { bv = p[e]; bi = e; }  // ascending e per lane: the first maximum wins
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) {
+      idx[k] = bi;
+      w[k] = bv;
+      p[bi] = -INFINITY;  // taken
+    }
+    ksum += bv;
+    __syncwarp();
+  }
+  if (lane == 0 && norm)
+    for (int k = 0; k < K; k++) w[k] /= ksum;
+}
+
+unsigned blocksFor(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+template <int NT>
+void launchGemvRow(const float* x, int n, const MatW& w, const float* bias, float* y, bool vec, cudaStream_t s) {
+  const dim3 grid(unsigned((w.out + kGemvWarps - 1) / kGemvWarps)), block(kGemvWarps * kWarp);
+#define DOPPLER_GEMV(T)                                                                          \
+  if (vec) gemvRow<T, NT, true><<<grid, block, 0, s>>>(x, n, w.data, w.out, w.in, bias, y);   \
+  else gemvRow<T, NT, false><<<grid, block, 0, s>>>(x, n, w.data, w.out, w.in, bias, y);
+  switch (w.type) {
+    case kF32: DOPPLER_GEMV(kF32) break;
+    case kF16: DOPPLER_GEMV(kF16) break;
+    case kBF16: DOPPLER_GEMV(kBF16) break;
+    case kMXFP4:
+      gemvMxfp4<NT><<<grid, block, 0, s>>>(x, n, static_cast<const uint8_t*>(w.data), w.out, w.in, bias, y);
+      break;
+  }
+#undef DOPPLER_GEMV
+}
+
+template <int NT>
+void launchGemvCol(const float* x, int n, const MatW& w, const float* bias, float* y, cudaStream_t s) {
+  gemvCol<NT><<<unsigned((w.out + kColOut - 1) / kColOut), kColOut * kColSlices, 0, s>>>(x, n, w, bias, y);
+}
+
+}  // namespace
+
+cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s) {
+  if (n <= 0 || w.out <= 0) return cudaSuccess;
+  if (n <= 8) {
+    const int ni = int(n);
+    if (!w.column) {
+      const int es = w.type == kF32 ? 4 : 2;
+      const bool vec = w.type != kMXFP4 && w.in % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(x) % 16 == 0 && (w.in * es) % 16 == 0;
+      if (n == 1) launchGemvRow<1>(x, ni, w, bias, y, vec, s);
+      else if (n == 2) launchGemvRow<2>(x, ni, w, bias, y, vec, s);
+      else if (n <= 4) launchGemvRow<4>(x, ni, w, bias, y, vec, s);
+      else launchGemvRow<8>(x, ni, w, bias, y, vec, s);
+    } else {
+      if (n == 1) launchGemvCol<1>(x, ni, w, bias, y, s);
+      else if (n <= 4) launchGemvCol<4>(x, ni, w, bias, y, s);
+      else launchGemvCol<8>(x, ni, w, bias, y, s);
+    }
+  } else {
+    const dim3 grid(unsigned((w.out + kBN - 1) / kBN), unsigned((n + kBM - 1) / kBM));
+    if (w.column) gemmTiled<true><<<grid, 256, 0, s>>>(x, n, w, bias, y);
+    else gemmTiled<false><<<grid, 256, 0, s>>>(x, n, w, bias, y);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t embed(const MatW& table, const int32_t* ids, int64_t n, float* out, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  embedKernel<<<unsigned(n), 256, 0, s>>>(table, ids, table.in, out);
+  return cudaGetLastError();
+}
+
+cudaError_t rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y, cudaStream_t s) {
+  if (rows <= 0) return cudaSuccess;
+  rmsNormKernel<<<unsigned(rows), dim >= 1024 ? 512 : 128, 0, s>>>(x, dim, w, eps, y);
+  return cudaGetLastError();
+}
+
+cudaError_t layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps, float* y,
+                      cudaStream_t s) {
+  if (rows <= 0) return cudaSuccess;
+  layerNormKernel<<<unsigned(rows), dim >= 1024 ? 512 : 128, 0, s>>>(x, dim, w, b, eps, y);
+  return cudaGetLastError();
+}
+
+cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const RopeArgs& r, int64_t rotDim,
+                 float attentionScale, bool interleaved, cudaStream_t s) {
+  const int64_t half = rotDim / 2, total = n * heads * half;
+  if (total <= 0) return cudaSuccess;
+  ropeKernel<<<blocksFor(total, 256), 256, 0, s>>>(x, n, heads, headDim, r, half, attentionScale,
+                                                    interleaved);
+  return cudaGetLastError();
+}
+
+cudaError_t attention(const float* q, int64_t n, const AttnArgs& a, float* out, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  const size_t smem = size_t(a.headDim + kAttnWarps * a.vDim) * sizeof(float);
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(attentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+  }
+  attentionKernel<<<dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s>>>(q, a, out);
+  return cudaGetLastError();
+}
+
+cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int type, int64_t inter, int64_t hidden,
+                       float limit, float alpha, float* act, float* out, cudaStream_t s) {
+  if (count <= 0) return cudaSuccess;
+  const dim3 g1(unsigned((inter + kGemvWarps - 1) / kGemvWarps), unsigned(count));
+  const bool rows = count < 4;
+  const unsigned g2 = rows ? unsigned((hidden + kGemvWarps - 1) / kGemvWarps) : unsigned(hidden);
+#define DOPPLER_MOE_DOWN(T)                                                                                   \
+  if (rows) moeDownRows<T><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);      \
+  else moeDown<T><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+  switch (type) {
+    case kF32:
+      moeGateUp<kF32><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      DOPPLER_MOE_DOWN(kF32)
+      break;
+    case kF16:
+      moeGateUp<kF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      DOPPLER_MOE_DOWN(kF16)
+      break;
+    default:
+      moeGateUp<kBF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      DOPPLER_MOE_DOWN(kBF16)
+      break;
+  }
+#undef DOPPLER_MOE_DOWN
+  return cudaGetLastError();
+}
+
+cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s) {
+  routeKernel<<<1, 256, size_t(E) * sizeof(float), s>>>(logits, E, K, norm, idx, w);
+  return cudaGetLastError();
+}
+
+cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out,
+                   cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  swigluKernel<<<blocksFor(n, 256), 256, 0, s>>>(gate, up, n, limit, alpha, out);
+  return cudaGetLastError();
+}
+
+cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  axpyKernel<<<blocksFor(n, 256), 256, 0, s>>>(a, x, n, y);
+  return cudaGetLastError();
+}
+
+cudaError_t fill(float* y, int64_t n, float v, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  fillKernel<<<blocksFor(n, 256), 256, 0, s>>>(y, n, v);
+  return cudaGetLastError();
+}
+
+}  // namespace doppler::cuda

@@ -1,0 +1,92 @@
+// CUDA kernels of the CUDA backend (kernels.cu), behind plain launch functions so that the backend class
+// (cuda_backend.cpp) compiles with the host compiler. Every launcher enqueues on `stream` and returns the launch
+// error (cudaSuccess when the launch was accepted). Pointers are device memory unless said otherwise.
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace doppler::cuda {
+
+// Weight element types as the kernels know them (core/dtype.h's DType mapped by the backend).
+enum WType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kMXFP4 = 3 };
+
+struct MatW {
+  const void* data;
+  int type;         // WType
+  bool column;      // Layout::Column: element (o, i) at i * out + o; else o * in + i
+  int64_t out, in;  // logical W[out, in]
+};
+
+// y[n, out] = x[n, in] · Wᵀ (+ bias). Chooses a GEMV (small n) or a tiled GEMM.
+cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s);
+
+// out[i, :] = table[ids[i], :] (ids on the device; checked on the host by the caller).
+cudaError_t embed(const MatW& table, const int32_t* ids, int64_t n, float* out, cudaStream_t s);
+
+cudaError_t rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y, cudaStream_t s);
+cudaError_t layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps, float* y,
+                      cudaStream_t s);
+
+// Small host arrays travel inside the kernel parameters (no copy before the launch) when they fit ("inl"); else
+// the pointers name device copies.
+constexpr int kInlinePos = 32, kInlineInv = 128, kInlinePosAttn = 16, kInlineChunks = 96, kInlineExperts = 64;
+
+struct RopeArgs {
+  const int64_t* pos;  // [n] positions (device) unless inl
+  const float* inv;    // [rotDim / 2] inverse frequencies (device) unless inl
+  bool inl;
+  int64_t posInl[kInlinePos];
+  float invInl[kInlineInv];
+};
+
+// In place on x: token i's heads at x + (i * heads + h) * headDim.
+cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const RopeArgs& r, int64_t rotDim,
+                 float attentionScale, bool interleaved, cudaStream_t s);
+
+struct DevChunk {
+  int64_t t0, t1;
+  const float* k;
+  const float* v;
+};
+
+struct AttnArgs {
+  int64_t numHeads, numKvHeads, headDim, vDim;
+  float scale;
+  int64_t window;
+  const float* sinks;  // [numHeads] or nullptr
+  int64_t numChunks;
+  const int64_t* pos;      // [n] (device) unless inl
+  const DevChunk* chunks;  // [numChunks] (device) unless inl
+  bool inl;
+  int64_t posInl[kInlinePosAttn];
+  DevChunk chunkInl[kInlineChunks];
+};
+
+cudaError_t attention(const float* q, int64_t n, const AttnArgs& a, float* out, cudaStream_t s);
+
+// Grouped MoE for one token: all `count` experts (row layout, f32/f16/bf16, in % 8 == 0, 16-byte aligned) in two
+// launches: act[j, :] = swiglu(gate_j x, up_j x); out[h] += Σ_j weight_j · down_j[h, :] · act[j, :].
+struct ExpertPtrs {
+  const void* gate;
+  const void* up;
+  const void* down;
+  float weight;
+};
+struct MoeArgs {
+  const ExpertPtrs* ex;  // [count] (device) unless inl
+  bool inl;
+  ExpertPtrs exInl[kInlineExperts];
+  const int* sel;        // device routing: expert j of the launch is ex[sel[j]] with weight selW[j]; else nullptr
+  const float* selW;
+};
+// Device routing for one token: softmax over logits [E], the K best (ties: lower index), renormalised when norm.
+cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s);
+cudaError_t moeExperts(const float* x, const MoeArgs& m, int count, int type, int64_t inter, int64_t hidden,
+                       float limit, float alpha, float* act, float* out, cudaStream_t s);
+
+cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
+cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s);
+cudaError_t fill(float* y, int64_t n, float v, cudaStream_t s);
+
+}  // namespace doppler::cuda

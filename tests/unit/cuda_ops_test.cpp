@@ -1,0 +1,373 @@
+// Issue #8: every op of the CUDA backend against the CPU backend on fresh seeded random inputs (relative L2 error,
+// i.e. sqrt(NMSE), bound), and the tier copies. Skipped when no GPU is usable (CI; this build without CUDA).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <algorithm>
+#include <random>
+
+#include "backend/backend.h"
+#include "backend/cpu/mxfp4.h"
+#include "core/dtype.h"
+#include "core/error.h"
+
+using namespace doppler;
+
+namespace {
+
+// Fresh data per run (seeded from the test's counter so a failure names the seed it used).
+uint32_t nextSeed() {
+  static uint32_t s = uint32_t(std::random_device{}());
+  return s++;
+}
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+double relErr(const std::vector<float>& a, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); i++) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += double(a[i] - ref[i]) * double(a[i] - ref[i]);
+    den += double(ref[i]) * double(ref[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+constexpr double kTol = 2e-6;  // f32 arithmetic in another order
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (cudaDeviceCount(&why) <= 0) GTEST_SKIP() << "no usable GPU: " << why;
+    gpu = makeBackend("cuda");
+    cpu = makeCpuBackend();
+  }
+  void TearDown() override {
+    for (auto& [p, bytes] : allocs) gpu->release(Tier::Device, p, bytes);
+  }
+  // A device copy of host bytes (poisoned spare capacity is not needed: sizes are exact).
+  template <class T>
+  T* up(const std::vector<T>& v) {
+    const size_t bytes = std::max<size_t>(v.size() * sizeof(T), 1);
+    void* p = gpu->allocate(Tier::Device, bytes);
+    allocs.emplace_back(p, bytes);
+    if (!v.empty()) gpu->copy(p, Tier::Device, v.data(), Tier::Host, v.size() * sizeof(T));
+    return static_cast<T*>(p);
+  }
+  // A device array of n floats filled with NaN, so unwritten outputs show.
+  float* poisoned(size_t n) { return up(std::vector<float>(n, NAN)); }
+  std::vector<float> down(const float* d, size_t n) {
+    std::vector<float> v(n);
+    gpu->copy(v.data(), Tier::Host, d, Tier::Device, n * sizeof(float));
+    return v;
+  }
+
+  std::unique_ptr<Backend> gpu, cpu;
+  std::vector<std::pair<void*, size_t>> allocs;
+};
+
+// W[out, in] f32 values -> bytes of `dt` in `layout`.
+std::vector<uint8_t> encodeWeight(const std::vector<float>& w, int64_t out, int64_t in, DType dt, Layout layout) {
+  std::vector<float> src = w;
+  if (layout == Layout::Column) {
+    for (int64_t o = 0; o < out; o++)
+      for (int64_t i = 0; i < in; i++) src[size_t(i * out + o)] = w[size_t(o * in + i)];
+  }
+  if (dt == DType::MXFP4) {
+    std::vector<uint8_t> b(size_t(dtypeBytes(dt, uint64_t(out * in))));
+    cpu::quantizeMxfp4(src.data(), out, in, b.data());
+    return b;
+  }
+  std::vector<uint8_t> b(src.size() * dtypeSize(dt));
+  for (size_t i = 0; i < src.size(); i++) {
+    if (dt == DType::F32) std::memcpy(b.data() + 4 * i, &src[i], 4);
+    else {
+      uint16_t h = dt == DType::F16 ? f32ToF16(src[i]) : f32ToBf16(src[i]);
+      std::memcpy(b.data() + 2 * i, &h, 2);
+    }
+  }
+  return b;
+}
+
+}  // namespace
+
+TEST_F(CudaOps, MatmulAllTypesLayoutsAndBatchSizes) {
+  struct Shape { int64_t out, in; };
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::MXFP4}) {
+    for (Layout layout : {Layout::Row, Layout::Column}) {
+      if (dt == DType::MXFP4 && layout == Layout::Column) continue;  // mxfp4 is row layout only
+      for (Shape s : {Shape{67, 96}, Shape{130, 100}, Shape{1000, 512}, Shape{33, 2048}}) {
+        if (dt == DType::MXFP4 && s.in % 32 != 0) continue;
+        for (int64_t n : {1, 2, 3, 8, 9, 70}) {
+          for (bool withBias : {false, true}) {
+            const uint32_t seed = nextSeed();
+            auto wf = randn(size_t(s.out * s.in), seed, 0.05f);
+            auto wb = encodeWeight(wf, s.out, s.in, dt, layout);
+            auto x = randn(size_t(n * s.in), seed + 1);
+            auto bias = randn(size_t(s.out), seed + 2);
+            WeightView hw{wb.data(), dt, {s.out, s.in}, layout};
+            std::vector<float> ref(size_t(n * s.out));
+            cpu->matmul(x.data(), n, hw, withBias ? bias.data() : nullptr, ref.data());
+            WeightView dw = hw;
+            dw.data = up(wb);
+            float* y = poisoned(ref.size());
+            gpu->matmul(up(x), n, dw, withBias ? up(bias) : nullptr, y);
+            const double e = relErr(down(y, ref.size()), ref);
+            EXPECT_LT(e, kTol) << dtypeName(dt) << " " << layoutName(layout) << " [" << s.out << ", " << s.in
+                               << "] n " << n << " bias " << withBias << " seed " << seed;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaOps, EmbedRowAndColumn) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16})
+    for (Layout layout : {Layout::Row, Layout::Column}) {
+      const int64_t V = 50, D = 72, n = 7;
+      const uint32_t seed = nextSeed();
+      auto wf = randn(size_t(V * D), seed);
+      auto wb = encodeWeight(wf, V, D, dt, layout);
+      std::vector<int32_t> ids{0, 49, 3, 3, 17, 25, 1};
+      WeightView hw{wb.data(), dt, {V, D}, layout};
+      std::vector<float> ref(size_t(n * D));
+      cpu->embed(hw, ids.data(), n, ref.data());
+      WeightView dw = hw;
+      dw.data = up(wb);
+      float* y = poisoned(ref.size());
+      gpu->embed(dw, ids.data(), n, y);
+      EXPECT_EQ(relErr(down(y, ref.size()), ref), 0.0) << dtypeName(dt) << " " << layoutName(layout);
+    }
+}
+
+TEST_F(CudaOps, NormsInPlaceAndNot) {
+  for (int64_t dim : {64, 100, 2048, 4096}) {
+    const int64_t rows = 5;
+    const uint32_t seed = nextSeed();
+    auto x = randn(size_t(rows * dim), seed, 3.0f), w = randn(size_t(dim), seed + 1), b = randn(size_t(dim), seed + 2);
+    std::vector<float> ref(x.size());
+    cpu->rmsNorm(x.data(), rows, dim, w.data(), 1e-5f, ref.data());
+    float* y = poisoned(x.size());
+    gpu->rmsNorm(up(x), rows, dim, up(w), 1e-5f, y);
+    EXPECT_LT(relErr(down(y, x.size()), ref), kTol) << "rmsnorm dim " << dim;
+    float* xd = up(x);
+    gpu->rmsNorm(xd, rows, dim, up(w), 1e-5f, xd);  // in place
+    EXPECT_LT(relErr(down(xd, x.size()), ref), kTol) << "rmsnorm in place dim " << dim;
+    for (bool bias : {false, true}) {
+      cpu->layerNorm(x.data(), rows, dim, w.data(), bias ? b.data() : nullptr, 1e-5f, ref.data());
+      float* yl = poisoned(x.size());
+      gpu->layerNorm(up(x), rows, dim, up(w), bias ? up(b) : nullptr, 1e-5f, yl);
+      EXPECT_LT(relErr(down(yl, x.size()), ref), kTol) << "layernorm dim " << dim << " bias " << bias;
+    }
+  }
+}
+
+TEST_F(CudaOps, RopeVariants) {
+  struct Case { int64_t heads, headDim, rotDim, offset; bool interleaved; };
+  // offset/stride: deepseek ropes q[:, :, N:] inside heads of N + R (x + N, headDim = N + R, rotDim = R).
+  for (Case c : {Case{4, 64, 64, 0, false}, Case{2, 128, 64, 0, false}, Case{3, 48, 16, 32, true},
+                 Case{1, 40, 8, 32, false}, Case{8, 128, 128, 0, false}}) {
+    const int64_t n = c.heads == 8 ? 40 : 9;  // 40 tokens: positions uploaded rather than passed inline
+    const uint32_t seed = nextSeed();
+    auto x = randn(size_t(n * c.heads * c.headDim), seed);
+    std::vector<float> inv(size_t(c.rotDim / 2));
+    for (size_t j = 0; j < inv.size(); j++) inv[j] = 1.0f / std::pow(10000.0f, float(2 * j) / float(c.rotDim));
+    std::vector<int64_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; i++) pos[size_t(i)] = 1000 + 37 * i;
+    RopeParams rp{inv.data(), c.rotDim, 1.25f, c.interleaved};
+    auto ref = x;
+    cpu->rope(ref.data() + c.offset, n, c.heads, c.headDim, pos.data(), rp);
+    float* xd = up(x);
+    gpu->rope(xd + c.offset, n, c.heads, c.headDim, pos.data(), rp);
+    EXPECT_LT(relErr(down(xd, x.size()), ref), kTol) << "heads " << c.heads << " rotDim " << c.rotDim;
+  }
+}
+
+TEST_F(CudaOps, AttentionChunksGqaWindowsSinks) {
+  struct Case { int64_t H, KVH, D, VD, T, n; };
+  for (Case c : {Case{4, 2, 16, 8, 37, 3}, Case{8, 1, 64, 64, 200, 1}, Case{6, 6, 24, 24, 50, 50},
+                 Case{4, 1, 96, 96, 20, 2}}) {
+    for (int64_t window : {int64_t(0), int64_t(5)}) {
+      for (bool sinks : {false, true}) {
+        const uint32_t seed = nextSeed();
+        auto k = randn(size_t(c.T * c.KVH * c.D), seed), v = randn(size_t(c.T * c.KVH * c.VD), seed + 1);
+        auto q = randn(size_t(c.n * c.H * c.D), seed + 2);
+        auto sinkv = randn(size_t(c.H), seed + 3);
+        std::vector<int64_t> pos(size_t(c.n));
+        for (int64_t i = 0; i < c.n; i++) pos[size_t(i)] = c.T - c.n + i;
+        AttentionParams p{c.H, c.KVH, c.D, c.VD, 1.0f / std::sqrt(float(c.D)), window, nullptr};
+        // uneven chunks
+        const int64_t cut1 = c.T / 3, cut2 = cut1 + 1;
+        auto mk = [&](const float* kb, const float* vb) {
+          return std::vector<KVChunk>{{0, cut1, kb, vb},
+                                      {cut1, cut2, kb + cut1 * c.KVH * c.D, vb + cut1 * c.KVH * c.VD},
+                                      {cut2, c.T, kb + cut2 * c.KVH * c.D, vb + cut2 * c.KVH * c.VD}};
+        };
+        std::vector<float> ref(size_t(c.n * c.H * c.VD));
+        p.sinks = sinks ? sinkv.data() : nullptr;
+        auto hc = mk(k.data(), v.data());
+        cpu->attention(q.data(), c.n, pos.data(), hc.data(), 3, p, ref.data());
+        auto dc = mk(up(k), up(v));
+        p.sinks = sinks ? up(sinkv) : nullptr;
+        float* o = poisoned(ref.size());
+        gpu->attention(up(q), c.n, pos.data(), dc.data(), 3, p, o);
+        EXPECT_LT(relErr(down(o, ref.size()), ref), kTol)
+            << "H " << c.H << " KVH " << c.KVH << " D " << c.D << " T " << c.T << " n " << c.n << " window "
+            << window << " sinks " << sinks << " seed " << seed;
+      }
+    }
+  }
+}
+
+TEST_F(CudaOps, SwigluAxpyFill) {
+  const int64_t n = 10007;
+  const uint32_t seed = nextSeed();
+  auto g = randn(size_t(n), seed, 4.0f), u = randn(size_t(n), seed + 1, 4.0f);
+  for (float limit : {0.0f, 7.0f}) {
+    std::vector<float> ref(static_cast<size_t>(n));
+    cpu->swiglu(g.data(), u.data(), n, limit, 1.702f, ref.data());
+    float* o = poisoned(size_t(n));
+    gpu->swiglu(up(g), up(u), n, limit, 1.702f, o);
+    EXPECT_LT(relErr(down(o, size_t(n)), ref), kTol) << "limit " << limit;
+  }
+  auto ref = u;
+  cpu->axpy(0.37f, g.data(), n, ref.data());
+  float* yd = up(u);
+  gpu->axpy(0.37f, up(g), n, yd);
+  EXPECT_LT(relErr(down(yd, size_t(n)), ref), kTol);
+  gpu->fill(yd, n, 2.5f);
+  EXPECT_EQ(down(yd, size_t(n)), std::vector<float>(size_t(n), 2.5f));
+}
+
+TEST_F(CudaOps, TierCopiesRoundTrip) {
+  const size_t n = (size_t(1) << 20) + 3;
+  auto x = randn(n, nextSeed());
+  auto* host = static_cast<float*>(gpu->allocate(Tier::Host, n * 4));  // pinned
+  std::memcpy(host, x.data(), n * 4);
+  auto* d1 = static_cast<float*>(gpu->allocate(Tier::Device, n * 4));
+  auto* d2 = static_cast<float*>(gpu->allocate(Tier::Device, n * 4));
+  gpu->copy(d1, Tier::Device, host, Tier::Host, n * 4);
+  gpu->copy(d2, Tier::Device, d1, Tier::Device, n * 4);
+  std::vector<float> back(n);
+  gpu->copy(back.data(), Tier::Host, d2, Tier::Device, n * 4);
+  EXPECT_EQ(back, x);
+  uint64_t total = 0, free = 0;
+  EXPECT_TRUE(gpu->deviceMemory(&total, &free));
+  EXPECT_GT(total, 0u);
+  EXPECT_FALSE(gpu->hostVisible());
+  gpu->release(Tier::Device, d1, n * 4);
+  gpu->release(Tier::Device, d2, n * 4);
+  gpu->release(Tier::Host, host, n * 4);
+  EXPECT_THROW(gpu->allocate(Tier::Disk, 16), Error);
+}
+
+TEST(CudaSelect, AutoFallsBackToCpuWithoutGpu) {
+  std::string why;
+  auto b = makeBackend("auto");
+  if (cudaDeviceCount(&why) > 0) EXPECT_EQ(b->name().rfind("cuda", 0), 0u) << b->name();
+  else {
+    EXPECT_EQ(b->name().rfind("cpu", 0), 0u) << b->name();
+    EXPECT_THROW(makeBackend("cuda"), Error);
+  }
+  EXPECT_THROW(makeBackend("tpu"), Error);
+}
+
+// The grouped MoE (decode: every selected expert of a token in two launches) against the CPU's one expert at a
+// time, for each weight type, plain and clamped SwiGLU; column layout falls back to the per-expert path.
+TEST_F(CudaOps, GroupedMoeExpertsMatchCpu) {
+  const int64_t hid = 256, inter = 96, K = 5;
+  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+    for (Layout layout : {Layout::Row, Layout::Column})
+      for (float limit : {0.0f, 7.0f}) {
+        const uint32_t seed = nextSeed();
+        std::vector<std::vector<uint8_t>> hostW;
+        std::vector<ExpertCall> hc, dc;
+        for (int64_t j = 0; j < K; j++) {
+          ExpertCall c;
+          auto g = encodeWeight(randn(size_t(inter * hid), seed + 10 * j, 0.1f), inter, hid, dt, layout);
+          auto u = encodeWeight(randn(size_t(inter * hid), seed + 10 * j + 1, 0.1f), inter, hid, dt, layout);
+          auto d = encodeWeight(randn(size_t(hid * inter), seed + 10 * j + 2, 0.1f), hid, inter, dt, layout);
+          c.gate = WeightView{g.data(), dt, {inter, hid}, layout};
+          c.up = WeightView{u.data(), dt, {inter, hid}, layout};
+          c.down = WeightView{d.data(), dt, {hid, inter}, layout};
+          c.weight = 0.1f + 0.2f * float(j);
+          hc.push_back(c);
+          c.gate.data = up(g);
+          c.up.data = up(u);
+          c.down.data = up(d);
+          dc.push_back(c);
+          hostW.push_back(std::move(g));
+          hostW.push_back(std::move(u));
+          hostW.push_back(std::move(d));
+        }
+        auto x = randn(size_t(hid), seed + 99);
+        auto out0 = randn(size_t(hid), seed + 98);
+        auto ref = out0;
+        cpu->moeExperts(x.data(), hc.data(), K, limit, 1.702f, ref.data());
+        float* o = up(out0);
+        gpu->moeExperts(up(x), dc.data(), K, limit, 1.702f, o);
+        EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol)
+            << dtypeName(dt) << " " << layoutName(layout) << " limit " << limit << " seed " << seed;
+      }
+}
+
+// Device routing (softmax top-k over the router logits, renormalised or not) + the grouped experts, against the
+// same routing done here and the CPU's experts.
+TEST_F(CudaOps, RoutedOnDeviceMatchesHostRouting) {
+  const int64_t hid = 128, inter = 64, E = 40, K = 6;
+  for (bool norm : {true, false}) {
+    const uint32_t seed = nextSeed();
+    std::vector<std::vector<uint8_t>> hostW;
+    std::vector<ExpertCall> hc, dc;
+    for (int64_t j = 0; j < E; j++) {
+      ExpertCall c;
+      auto g = encodeWeight(randn(size_t(inter * hid), seed + 10 * j, 0.1f), inter, hid, DType::BF16, Layout::Row);
+      auto u = encodeWeight(randn(size_t(inter * hid), seed + 10 * j + 1, 0.1f), inter, hid, DType::BF16, Layout::Row);
+      auto d = encodeWeight(randn(size_t(hid * inter), seed + 10 * j + 2, 0.1f), hid, inter, DType::BF16, Layout::Row);
+      c.gate = WeightView{g.data(), DType::BF16, {inter, hid}, Layout::Row};
+      c.up = WeightView{u.data(), DType::BF16, {inter, hid}, Layout::Row};
+      c.down = WeightView{d.data(), DType::BF16, {hid, inter}, Layout::Row};
+      hc.push_back(c);
+      c.gate.data = up(g);
+      c.up.data = up(u);
+      c.down.data = up(d);
+      dc.push_back(c);
+      hostW.push_back(std::move(g));
+      hostW.push_back(std::move(u));
+      hostW.push_back(std::move(d));
+    }
+    auto x = randn(size_t(hid), seed + 99);
+    auto logits = randn(size_t(E), seed + 97, 2.0f);
+    // host routing as model/routing.cpp does it
+    float m = *std::max_element(logits.begin(), logits.end()), sum = 0;
+    std::vector<float> p(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; e++) sum += (p[size_t(e)] = std::exp(logits[size_t(e)] - m));
+    for (auto& v : p) v /= sum;
+    std::vector<int64_t> order(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; e++) order[size_t(e)] = e;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[size_t(a)] > p[size_t(b)]; });
+    float ksum = 0;
+    for (int64_t k = 0; k < K; k++) ksum += p[size_t(order[size_t(k)])];
+    std::vector<ExpertCall> chosen;
+    for (int64_t k = 0; k < K; k++) {
+      ExpertCall c = hc[size_t(order[size_t(k)])];
+      c.weight = norm ? p[size_t(order[size_t(k)])] / ksum : p[size_t(order[size_t(k)])];
+      chosen.push_back(c);
+    }
+    std::vector<float> ref(static_cast<size_t>(hid), 0.0f);
+    cpu->moeExperts(x.data(), chosen.data(), K, 0.0f, 1.702f, ref.data());
+    float* o = up(std::vector<float>(static_cast<size_t>(hid), 0.0f));
+    ASSERT_TRUE(gpu->moeRoutedOnDevice(up(x), up(logits), dc.data(), E, K, norm, 0.0f, 1.702f, o));
+    EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol) << "norm " << norm << " seed " << seed;
+    EXPECT_FALSE(cpu->moeRoutedOnDevice(x.data(), logits.data(), hc.data(), E, K, norm, 0.0f, 1.702f, ref.data()));
+  }
+}
