@@ -199,18 +199,9 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
                                    float(cfg_.swigluLimit), 1.702f, a.out.data()))
       return;
   }
-  std::vector<float> logits(static_cast<size_t>(n * E));
-  backend_.copy(logits.data(), Tier::Host, logitsDev.data(), Tier::Device, logits.size() * sizeof(float));
-  std::vector<float> scoreBias;
-  if (w.scoreBias.ptr()) {
-    scoreBias.resize(size_t(E));
-    backend_.copy(scoreBias.data(), Tier::Host, w.scoreBias.ptr(), Tier::Device, size_t(E) * sizeof(float));
-  }
-  std::vector<int64_t> idx(static_cast<size_t>(n * K));
-  std::vector<float> wt(static_cast<size_t>(n * K));
-  for (int64_t t = 0; t < n; t++)
-    routeTopK(cfg_, logits.data() + t * E, scoreBias.empty() ? nullptr : scoreBias.data(), idx.data() + t * K,
-              wt.data() + t * K);
+  std::vector<int64_t> idx;  // [n, K]
+  std::vector<float> wt;     // [n, K]
+  routeOnHost(w, logitsDev.data(), n, idx, wt);
 
   // Group tokens by expert so each expert's weights are read once per forward.
   std::vector<std::vector<std::pair<int64_t, float>>> byExpert(static_cast<size_t>(E));
@@ -261,29 +252,38 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   }
 }
 
+// Router logits (device) -> per-token top-k expert ids and weights on the host: idx, wt [n, K].
+void DecoderModel::routeOnHost(const MoeWeights& w, const float* logitsDev, int64_t n, std::vector<int64_t>& idx,
+                               std::vector<float>& wt) {
+  const int64_t E = cfg_.numExperts, K = cfg_.topK;
+  std::vector<float> logits(static_cast<size_t>(n * E));
+  backend_.copy(logits.data(), Tier::Host, logitsDev, Tier::Device, logits.size() * sizeof(float));
+  std::vector<float> scoreBias;
+  if (w.scoreBias.ptr()) {
+    scoreBias.resize(size_t(E));
+    backend_.copy(scoreBias.data(), Tier::Host, w.scoreBias.ptr(), Tier::Device, size_t(E) * sizeof(float));
+  }
+  idx.assign(static_cast<size_t>(n * K), 0);
+  wt.assign(static_cast<size_t>(n * K), 0.0f);
+  for (int64_t t = 0; t < n; t++)
+    routeTopK(cfg_, logits.data() + t * E, scoreBias.empty() ? nullptr : scoreBias.data(), idx.data() + t * K,
+              wt.data() + t * K);
+}
+
 void DecoderModel::predictNextExperts(int l, const Activations& a) {
   const int next = l + 1;
   if (next >= int(cfg_.numLayers) || size_t(next) >= layers_.size() || !layers_[size_t(next)].moe) return;
   const MoeWeights& w = layers_[size_t(next)].experts;
   if (!w.router.data) return;
   // Layer l+1's router on layer l's normed post-attention hidden state: a cheap guess of its experts.
-  const int64_t n = a.n, E = cfg_.numExperts, K = cfg_.topK;
+  const int64_t n = a.n, E = cfg_.numExperts;
   DeviceArray logitsDev(backend_, size_t(n * E));  // [n, E]
   backend_.matmul(a.h.data(), n, w.router, w.routerBias.ptr(), logitsDev.data());
-  std::vector<float> logits(static_cast<size_t>(n * E));
-  backend_.copy(logits.data(), Tier::Host, logitsDev.data(), Tier::Device, logits.size() * sizeof(float));
-  std::vector<float> scoreBias;
-  if (w.scoreBias.ptr()) {
-    scoreBias.resize(size_t(E));
-    backend_.copy(scoreBias.data(), Tier::Host, w.scoreBias.ptr(), Tier::Device, size_t(E) * sizeof(float));
-  }
-  std::vector<int64_t> idx(static_cast<size_t>(K));
-  std::vector<float> wt(static_cast<size_t>(K));
+  std::vector<int64_t> idx;  // [n, K]
+  std::vector<float> wt;
+  routeOnHost(w, logitsDev.data(), n, idx, wt);
   std::vector<bool> hit(static_cast<size_t>(E), false);
-  for (int64_t t = 0; t < n; t++) {
-    routeTopK(cfg_, logits.data() + t * E, scoreBias.empty() ? nullptr : scoreBias.data(), idx.data(), wt.data());
-    for (int64_t e : idx) hit[size_t(e)] = true;
-  }
+  for (int64_t e : idx) hit[size_t(e)] = true;
   std::vector<int64_t> predicted;
   for (int64_t e = 0; e < E; e++)
     if (hit[size_t(e)]) predicted.push_back(e);

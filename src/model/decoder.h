@@ -91,6 +91,8 @@ class DecoderModel : public Model {
   void moeBlock(int l, const MoeWeights& w, Activations& a);
   // Prefetch hint: layer l+1's router applied to a.h (layer l's normed post-attention state) -> its likely experts.
   void predictNextExperts(int l, const Activations& a);
+  void routeOnHost(const MoeWeights& w, const float* logitsDev, int64_t n, std::vector<int64_t>& idx,
+                   std::vector<float>& wt);
   // Layer streaming (tiered weights, docs/tiers.md): before layer l runs, points its matrices (views that
   // tensor() gave with data == nullptr) at the device copies `lease` pins. The default binds the standard
   // fields (attention q/k/v/o, dense FFN gate/up/down, router); an architecture keeping matrices elsewhere
