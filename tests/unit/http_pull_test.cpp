@@ -23,8 +23,6 @@
 #include "storage/resolve.h"
 #include "storage/store.h"
 
-extern char** environ;
-
 using namespace doppler;
 using doppler::test::Fault;
 using doppler::test::runCli;
@@ -34,31 +32,8 @@ using doppler::test::TestOrigin;
 
 namespace {
 
-// Starts `doppler args...` with stdout/stderr to files (or /dev/null); returns the pid.
-pid_t spawnDoppler(const std::vector<std::string>& args, const std::string& out = "/dev/null",
-                   const std::string& err = "/dev/null") {
-  std::vector<std::string> all = {DOPPLER_BIN};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, DOPPLER_BIN, &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  EXPECT_EQ(rc, 0);
-  return pid;
-}
-
-int waitExit(pid_t pid) {
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
+using doppler::test::spawnDoppler;
+using doppler::test::waitExit;
 
 class PullCli : public ::testing::Test {
  protected:

@@ -27,7 +27,6 @@
 #include "storage/store.h"
 #include "storage/swarm.h"
 
-extern char** environ;
 
 using namespace doppler;
 using doppler::test::runCli;
@@ -47,19 +46,8 @@ std::string slurp(const std::string& p) {
 class Proc {
  public:
   Proc(const std::vector<std::string>& args, std::string out, std::string err) : out_(std::move(out)), err_(std::move(err)) {
-    std::vector<std::string> all = {DOPPLER_BIN};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int rc = posix_spawn(&pid_, DOPPLER_BIN, &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    EXPECT_EQ(rc, 0);
+    pid_ = test::spawnDoppler(args, out_, err_);
+    EXPECT_GT(pid_, 0) << "could not start " << DOPPLER_BIN;
   }
   ~Proc() {
     if (pid_ > 0 && !done_) {
