@@ -1,5 +1,6 @@
 #include "storage/resolve.h"
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -36,11 +37,15 @@ StoreModel resolveStoreModel(const std::string& arg, const std::string& cacheRoo
   // Lazy: now only the tokenizer files and the shards holding dense tensors; expert-only shards on first use.
   FileFilter only;
   if (lazy)
-    only = [](const Manifest& m, const std::string& file) {
-      const std::vector<bool> dense = denseShards(m);
-      for (const auto& s : m.shards)
-        if (s.filename == file) return bool(dense[size_t(s.index)]);
-      return true;
+    only = [memo = std::make_shared<std::map<std::string, bool>>()](const Manifest& m, const std::string& file) {
+      // Built once (this filter serves one fetch of one manifest), not once per file: file -> fetch now.
+      if (memo->size() != m.shards.size()) {
+        const std::vector<bool> dense = denseShards(m);
+        memo->clear();
+        for (const auto& s : m.shards) (*memo)[s.filename] = dense[size_t(s.index)];
+      }
+      auto it = memo->find(file);
+      return it == memo->end() || it->second;  // tokenizer files and dense shards now
     };
   // With peers: one swarm source for the whole run (the fetcher keeps it), peers first, the origin after.
   std::shared_ptr<Source> src;
