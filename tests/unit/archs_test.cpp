@@ -15,6 +15,7 @@
 #include "loader/placement.h"
 #include "model/rope.h"
 #include "model/routing.h"
+#include "parity_case.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -25,14 +26,8 @@ using doppler::test::TempDir;
 
 namespace {
 
-struct ArchCase {
-  std::string arch;
-  Layout layout;
-};
-
-std::string archCaseName(const ::testing::TestParamInfo<ArchCase>& i) {
-  return i.param.arch + (i.param.layout == Layout::Row ? "_row" : "_column");
-}
+using test::ParityCase;
+using test::parityCaseName;
 
 std::unique_ptr<Engine> openConverted(const std::string& hfDir, const std::string& out, Layout layout) {
   ConvertOptions opts;
@@ -44,7 +39,7 @@ std::unique_ptr<Engine> openConverted(const std::string& hfDir, const std::strin
   return Engine::open(out, eo);
 }
 
-class ArchParity : public ::testing::TestWithParam<ArchCase> {};
+class ArchParity : public ::testing::TestWithParam<ParityCase> {};
 
 // Prefill of the prompt + KV-cached decode along ids, and one 160-token prefill (gpt_oss: past its 12-token
 // sliding window; phimoe: past original_max_position_embeddings = 64, so the long rope factors), against
@@ -65,11 +60,11 @@ TEST_P(ArchParity, EvalWithinTolerance) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ArchParity,
-                         ::testing::Values(ArchCase{"gpt_oss", Layout::Row}, ArchCase{"gpt_oss", Layout::Column},
-                                           ArchCase{"phimoe", Layout::Row}, ArchCase{"phimoe", Layout::Column},
-                                           ArchCase{"deepseek_v3", Layout::Row},
-                                           ArchCase{"deepseek_v3", Layout::Column}),
-                         archCaseName);
+                         ::testing::Values(ParityCase{"gpt_oss", Layout::Row}, ParityCase{"gpt_oss", Layout::Column},
+                                           ParityCase{"phimoe", Layout::Row}, ParityCase{"phimoe", Layout::Column},
+                                           ParityCase{"deepseek_v3", Layout::Row},
+                                           ParityCase{"deepseek_v3", Layout::Column}),
+                         parityCaseName);
 
 // With paging on and the KV cache spilling: about 2 routed experts per layer in the device tier, half of the
 // experts in host RAM (the rest read from disk on use), and a device KV budget of 32 tokens (f32, the rest

@@ -10,6 +10,7 @@
 #include "engine/eval.h"
 #include "kv/kv_cache.h"
 #include "loader/placement.h"
+#include "parity_case.h"
 #include "test_util.h"
 
 using namespace doppler;
@@ -19,16 +20,10 @@ using doppler::test::TempDir;
 
 namespace {
 
-struct GpuCase {
-  std::string arch;
-  Layout layout;
-};
+using test::ParityCase;
+using test::parityCaseName;
 
-std::string gpuCaseName(const ::testing::TestParamInfo<GpuCase>& i) {
-  return i.param.arch + (i.param.layout == Layout::Row ? "_row" : "_column");
-}
-
-class CudaParity : public ::testing::TestWithParam<GpuCase> {
+class CudaParity : public ::testing::TestWithParam<ParityCase> {
  protected:
   void SetUp() override {
     std::string why;
@@ -58,7 +53,7 @@ TEST_P(CudaParity, ResidentOnGpu) {
   EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
   EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
   EXPECT_EQ(r.decode.argmaxAgree, r.decode.rows);
-  std::printf("[cuda parity] %s resident: decode worst %.3g, long worst %.3g\n", gpuCaseName({GetParam(), 0}).c_str(),
+  std::printf("[cuda parity] %s resident: decode worst %.3g, long worst %.3g\n", parityCaseName({GetParam(), 0}).c_str(),
               r.decode.worstError, r.longCtx.worstError);
   // Everything was loaded at open (the GPU engine preloads experts that fit): no load during the eval.
   const nlohmann::json st = engine->stats();
@@ -86,7 +81,7 @@ TEST_P(CudaParity, PagedWithSpilledKV) {
                          [&](int64_t cap) { return engine->newKVCache(cap); });
   EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
   EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
-  std::printf("[cuda parity] %s paged: decode worst %.3g, long worst %.3g\n", gpuCaseName({GetParam(), 0}).c_str(),
+  std::printf("[cuda parity] %s paged: decode worst %.3g, long worst %.3g\n", parityCaseName({GetParam(), 0}).c_str(),
               r.decode.worstError, r.longCtx.worstError);
   const nlohmann::json st = engine->stats();
   EXPECT_GT(st["tiers"]["device"]["misses"].get<uint64_t>(), 0u) << st.dump();
@@ -97,13 +92,13 @@ TEST_P(CudaParity, PagedWithSpilledKV) {
 
 INSTANTIATE_TEST_SUITE_P(
     Fixtures, CudaParity,
-    ::testing::Values(GpuCase{"llama", Layout::Row}, GpuCase{"llama", Layout::Column}, GpuCase{"mixtral", Layout::Row},
-                      GpuCase{"mixtral", Layout::Column}, GpuCase{"qwen3_moe", Layout::Row},
-                      GpuCase{"qwen3_moe", Layout::Column}, GpuCase{"gpt_oss", Layout::Row},
-                      GpuCase{"gpt_oss", Layout::Column}, GpuCase{"phimoe", Layout::Row},
-                      GpuCase{"phimoe", Layout::Column}, GpuCase{"deepseek_v3", Layout::Row},
-                      GpuCase{"deepseek_v3", Layout::Column}),
-    gpuCaseName);
+    ::testing::Values(ParityCase{"llama", Layout::Row}, ParityCase{"llama", Layout::Column}, ParityCase{"mixtral", Layout::Row},
+                      ParityCase{"mixtral", Layout::Column}, ParityCase{"qwen3_moe", Layout::Row},
+                      ParityCase{"qwen3_moe", Layout::Column}, ParityCase{"gpt_oss", Layout::Row},
+                      ParityCase{"gpt_oss", Layout::Column}, ParityCase{"phimoe", Layout::Row},
+                      ParityCase{"phimoe", Layout::Column}, ParityCase{"deepseek_v3", Layout::Row},
+                      ParityCase{"deepseek_v3", Layout::Column}),
+    parityCaseName);
 
 // Through the CLI, as the issue asks: `doppler eval --backend cuda` at 1e-4.
 TEST(CudaEvalCli, EveryFixturePasses) {

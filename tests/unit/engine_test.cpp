@@ -8,6 +8,7 @@
 #include "convert/convert.h"
 #include "engine/engine.h"
 #include "engine/eval.h"
+#include "parity_case.h"
 #include "test_util.h"
 
 using namespace doppler;
@@ -17,14 +18,8 @@ using doppler::test::TempDir;
 
 namespace {
 
-struct ParityCase {
-  std::string arch;
-  Layout layout;
-};
-
-std::string caseName(const ::testing::TestParamInfo<ParityCase>& i) {
-  return i.param.arch + (i.param.layout == Layout::Row ? "_row" : "_column");
-}
+using test::ParityCase;
+using test::parityCaseName;
 
 class Parity : public ::testing::TestWithParam<ParityCase> {};
 
@@ -51,7 +46,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
                                            ParityCase{"mixtral", Layout::Row}, ParityCase{"mixtral", Layout::Column},
                                            ParityCase{"qwen3_moe", Layout::Row},
                                            ParityCase{"qwen3_moe", Layout::Column}),
-                         caseName);
+                         parityCaseName);
 
 // The embedded default model (real, trained weights) against its transformers reference, through the CLI:
 // the Hugging Face dir is converted into the cache on first use.

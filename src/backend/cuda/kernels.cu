@@ -451,6 +451,28 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __r
   if (lane == 0) act[int64_t(j) * inter + r] = swigluOne(g, u, limit, alpha);
 }
 
+// Selected expert j's share of output row h of the down projection: weight_j * (down_j[h, :] . act[j, :]), summed
+// over one warp (every lane returns the sum).
+template <int T>
+__device__ __forceinline__ float downRowTerm(const float* __restrict__ act, const MoeArgs& m, const ExpertPtrs* ex,
+                                             int j, int64_t h, int64_t inter, int lane) {
+  constexpr int es = T == kF32 ? 4 : 2;
+  const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
+  const float wj = m.sel ? m.selW[j] : e.weight;
+  const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
+  const float* aj = act + int64_t(j) * inter;
+  float s = 0.0f;
+#pragma unroll 4
+  for (int64_t i = int64_t(lane) * 8; i < inter; i += kWarp * 8) {
+    float f[8];
+    load8<T>(dr + i * es, f);
+    const float4 a = *reinterpret_cast<const float4*>(aj + i);
+    const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
+    s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+  }
+  return wj * warpSum(s);
+}
+
 // Few experts (count < 4, e.g. Mixtral's 2 large ones): grid (hid / 8), one warp per output row h over every
 // selected expert's down row (all 8 warps of a block busy).
 template <int T>
@@ -461,24 +483,9 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDownRows(const float* _
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
   if (h >= hid) return;
-  constexpr int es = T == kF32 ? 4 : 2;
   float total = 0.0f;
-  for (int j = 0; j < count; j++) {
-    const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
-    const float wj = m.sel ? m.selW[j] : e.weight;
-    const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
-    const float* aj = act + int64_t(j) * inter;
-    float s = 0.0f;
-#pragma unroll 4
-    for (int64_t i = int64_t(lane) * 8; i < inter; i += kWarp * 8) {
-      float f[8];
-      load8<T>(dr + i * es, f);
-      const float4 a = *reinterpret_cast<const float4*>(aj + i);
-      const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
-      s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
-    }
-    total += wj * warpSum(s);
-  }
+  for (int j = 0; j < count; j++)
+    total += downRowTerm<T>(act, m, ex, j, h, inter, lane);
   if (lane == 0) out[h] += total;
 }
 
@@ -492,24 +499,9 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
   const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t h = blockIdx.x;
-  constexpr int es = T == kF32 ? 4 : 2;
   float total = 0.0f;
-  for (int j = warp; j < count; j += kGemvWarps) {
-    const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
-    const float wj = m.sel ? m.selW[j] : e.weight;
-    const uint8_t* dr = static_cast<const uint8_t*>(e.down) + h * inter * es;
-    const float* aj = act + int64_t(j) * inter;
-    float s = 0.0f;
-#pragma unroll 4
-    for (int64_t i = int64_t(lane) * 8; i < inter; i += kWarp * 8) {
-      float f[8];
-      load8<T>(dr + i * es, f);
-      const float4 a = *reinterpret_cast<const float4*>(aj + i);
-      const float4 b = *(reinterpret_cast<const float4*>(aj + i) + 1);
-      s += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
-    }
-    total += wj * warpSum(s);
-  }
+  for (int j = warp; j < count; j += kGemvWarps)
+    total += downRowTerm<T>(act, m, ex, j, h, inter, lane);
   if (lane == 0) part[warp] = total;
   __syncthreads();
   if (threadIdx.x == 0) {
