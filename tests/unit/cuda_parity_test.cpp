@@ -73,7 +73,9 @@ TEST_P(CudaParity, PagedWithSpilledKV) {
   eo.vram = moe ? p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes : p.deviceMinimumStreamed;
   eo.ram = moe ? p.expertTotalBytes / 2 : p.residentBytes;
   {
-    auto probe = Engine::open(m, EngineOptions{.quiet = true});
+    EngineOptions plain;
+    plain.quiet = true;
+    auto probe = Engine::open(m, plain);
     eo.kvVram = uint64_t(32 * kvBytesPerToken(probe->model().kvShapes(), KVDType::F32, 16));
   }
   auto engine = Engine::open(m, eo);
