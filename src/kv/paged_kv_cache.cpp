@@ -74,8 +74,8 @@ class PagedKVCache final : public KVCache {
 
   ~PagedKVCache() override {
     for (auto& L : layers_)
-      for (auto& b : L.blocks)
-        if (b.live) releaseBlock(b, opts_.blockTokens);
+      for (size_t b = 0; b < L.blocks.size(); b++)  // the tail block holds fewer tokens than a full one
+        if (L.blocks[b].live) releaseBlock(L.blocks[b], blockTokensHeld(L, int64_t(b)));
     releaseStaging();
   }
 

@@ -358,6 +358,27 @@ TEST(PagedKV, RewindDropsLaterTokens) {
   }
 }
 
+// Caches sharing one KVStats (the engine's, across eval passes) leave it at zero when they are gone, also when
+// their last block was partly filled.
+TEST(PagedKV, SharedStatsReturnToZero) {
+  const KVLayerShape s{2, 8, 4};
+  LayerData a = randomLayer(s, 40, 3);
+  auto be = makeCpuBackend();
+  auto stats = std::make_shared<KVStats>();
+  PagedKVOptions o;
+  o.blockTokens = 8;
+  o.deviceBytes = uint64_t(perToken({s}, KVDType::F32, 8) * 16);  // 2 blocks on the device, the rest spill
+  for (int64_t n : {5, 21, 40}) {
+    auto kv = makePagedKVCache(*be, {s}, 40, o, stats);
+    kv->write(0, 0, n, a.k.data(), a.v.data());
+    EXPECT_EQ(stats->device.tokens + stats->host.tokens, n);
+    kv.reset();
+    EXPECT_EQ(stats->device.tokens, 0) << n;
+    EXPECT_EQ(stats->host.tokens, 0) << n;
+    EXPECT_EQ(stats->device.blocks + stats->host.blocks, 0) << n;
+  }
+}
+
 TEST(PagedKV, OutOfMemoryNamesContextAndBudgets) {
   const std::vector<KVLayerShape> shapes(2, KVLayerShape{2, 16, 16});  // 512 bytes/token in f32
   std::vector<LayerData> data{randomLayer(shapes[0], 100, 1), randomLayer(shapes[1], 100, 2)};
