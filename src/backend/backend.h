@@ -51,6 +51,17 @@ struct ExpertCall {
   float weight = 0;           // routing weight
 };
 
+// Counters a backend keeps (all zero on the CPU backend).
+struct BackendStats {
+  uint64_t graphSteps = 0;        // steps recorded as graphs (beginStep .. endStep)
+  uint64_t graphLaunches = 0;     // graph launches
+  uint64_t graphBuilds = 0;       // graphs built (first step, or when a step's ops changed)
+  uint64_t graphNodes = 0;        // ops run through graphs
+  uint64_t graphNodeUpdates = 0;  // ops whose arguments were updated in place before a launch
+  double graphHostSeconds = 0;    // host time inside recorded steps (recording, updates, launches)
+  double graphGpuSeconds = 0;     // GPU time of the graph launches
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -60,6 +71,11 @@ class Backend {
   virtual void* allocate(Tier tier, size_t bytes) = 0;
   virtual void release(Tier tier, void* p, size_t bytes) = 0;  // bytes: as passed to allocate
   virtual void copy(void* dst, Tier dstTier, const void* src, Tier srcTier, size_t bytes) = 0;
+  // Scratch device memory (DeviceArray): like allocate(Tier::Device), for arrays that live within a forward pass
+  // or longer. Inside a step (beginStep) a GPU backend serves them from an arena that starts over every step, so
+  // that a replayed step finds its scratch at the same addresses.
+  virtual void* allocateScratch(size_t bytes) { return allocate(Tier::Device, bytes); }
+  virtual void releaseScratch(void* p, size_t bytes) { release(Tier::Device, p, bytes); }
 
   // ---- ops ----
   // y[n, out] = x[n, in] · Wᵀ (+ bias)
@@ -83,6 +99,22 @@ class Backend {
   virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) = 0;
   // y[i] += a * x[i]
   virtual void axpy(float a, const float* x, int64_t n, float* y) = 0;
+  // The residual add fused with the next RMSNorm: x += add, then y = rmsNorm(x) * w (rows x dim). Default: axpy,
+  // then rmsNorm.
+  virtual void addRmsNorm(float* x, const float* add, int64_t rows, int64_t dim, const float* w, float eps, float* y) {
+    axpy(1.0f, add, rows * dim, x);
+    rmsNorm(x, rows, dim, w, eps, y);
+  }
+  // Several products of the same input: ys[j] = x · ws[j]ᵀ (+ biases[j]) for j < count (attention's q, k, v).
+  // Default: one matmul after another; the CUDA backend runs them in one launch for one token.
+  struct MatmulOut {
+    WeightView w;
+    const float* bias;
+    float* y;
+  };
+  virtual void matmulMany(const float* x, int64_t n, const MatmulOut* outs, int count) {
+    for (int j = 0; j < count; j++) matmul(x, n, outs[j].w, outs[j].bias, outs[j].y);
+  }
   // MoE for ONE token (decode): out[:] += Σ_j calls[j].weight · down_j(act(gate_j(x), up_j(x))) with act the
   // swiglu above (limit, alpha); x, out [hidden]. Default (backend_factory.cpp): the ops above, one expert after
   // another; the CUDA backend runs all of them in two launches (grouped GEMVs).
@@ -90,7 +122,7 @@ class Backend {
                           float* out);
   // Decode MoE with the routing on the device, for ONE token when every expert of the layer is resident:
   // softmax over the numExperts router logits (device), the topK best (ties: lower index), weights renormalised
-  // over them when normTopk; out[:] += Σ weight_j · expert_j(x) as in moeExperts. `experts` lists all numExperts
+  // over them when normTopk; out[:] = Σ weight_j · expert_j(x) (out is overwritten, unlike moeExperts). `experts` lists all numExperts
   // experts of the layer and must stay valid (same device addresses) for the backend's lifetime. Nothing waits
   // for the GPU. Returns false when the backend has no such path (the caller then routes on the host).
   virtual bool moeRoutedOnDevice(const float* x, const float* logits, const ExpertCall* experts, int64_t numExperts,
@@ -109,6 +141,18 @@ class Backend {
   // Waits until every op issued so far has finished (ops of asynchronous backends run in issue order; copy()
   // to the host tier waits by itself).
   virtual void synchronize() {}
+  // ---- step graphs ----
+  // A decode step during which no weight is loaded, evicted or streamed (everything resident) may be bracketed by
+  // beginStep() .. endStep(): a GPU backend then records the step's ops and launches them as a graph at endStep()
+  // or at the first op that needs the host (a copy to or from host memory, synchronize()), updating only the
+  // arguments that changed since the previous step. Results are bit-identical to issuing the ops one by one. The
+  // caller must not let another thread free or overwrite device memory the step uses until endStep().
+  // abortStep() drops the recorded ops (after an exception). Defaults: nothing (ops run as they are issued).
+  virtual void beginStep() {}
+  virtual void endStep() {}
+  virtual void abortStep() noexcept {}
+  virtual BackendStats stats() const { return {}; }
+
   // Physical device memory (a GPU's total and currently free bytes); false when the device tier is emulated.
   virtual bool deviceMemory(uint64_t* total, uint64_t* free) const { return false; }
 };
@@ -131,7 +175,7 @@ class DeviceArray {
  public:
   DeviceArray() = default;
   DeviceArray(Backend& b, size_t count) : b_(&b), n_(count) {
-    p_ = static_cast<float*>(b.allocate(Tier::Device, count * sizeof(float)));
+    p_ = static_cast<float*>(b.allocateScratch(count * sizeof(float)));
   }
   ~DeviceArray() { reset(); }
   DeviceArray(DeviceArray&& o) noexcept : b_(o.b_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
@@ -152,7 +196,7 @@ class DeviceArray {
 
  private:
   void reset() {
-    if (p_) b_->release(Tier::Device, p_, n_ * sizeof(float));
+    if (p_) b_->releaseScratch(p_, n_ * sizeof(float));
     p_ = nullptr;
   }
   Backend* b_ = nullptr;

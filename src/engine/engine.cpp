@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <chrono>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -30,6 +31,7 @@ class TimedModel final : public Model {
     c_->tokens += n;
     c_->forwards++;
   }
+  void setHostBackend(Backend* host) override { inner_->setHostBackend(host); }
 
  private:
   std::unique_ptr<Model> inner_;
@@ -67,6 +69,9 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
     to.hostBudget = b.host;
     to.diskBudget = b.disk;
     to.prefetch = opts.prefetch;
+    to.hybrid = gpu && opts.hybrid;
+    const char* hp = std::getenv("DOPPLER_HYBRID_PREDICT");
+    to.hybridPredict = hp && std::string_view(hp) == "1";
     auto t = std::make_unique<TieredWeights>(*e->rdrr_, *e->backend_, to);
     // On a GPU without --vram: when every expert fits beside the resident weights, load them all now, so that
     // "resident" means resident (no expert is read from disk in the middle of a decode).
@@ -75,6 +80,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
         plan.residentBytes + plan.expertTotalBytes + (plan.expertTotalBytes >> 4) <= b.device) {
       t->loadAllExperts();
     }
+    if (to.hybrid && !t->allResident()) e->hostBackend_ = makeCpuBackend();
     e->tiered_ = t.get();
     e->weights_ = std::move(t);
   } else {
@@ -82,6 +88,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
   }
   e->speed_ = std::make_shared<ForwardCounters>();
   e->model_ = std::make_unique<TimedModel>(createModel(e->rdrr_->config(), *e->weights_, *e->backend_), e->speed_);
+  e->model_->setHostBackend(e->hostBackend_.get());
   return e;
 }
 
@@ -118,6 +125,13 @@ nlohmann::json Engine::stats() const {
                   {"lazy_fetched_bytes", lazy_->bytes.load()}};
   // KV cache (docs/kv-cache.md).
   j["kv"] = kvStatsJson(*kvStats_);
+  // Decode steps replayed as GPU graphs (Backend::beginStep).
+  const BackendStats bs = backend_->stats();
+  if (bs.graphSteps)
+    j["graphs"] = {{"steps", bs.graphSteps}, {"launches", bs.graphLaunches}, {"builds", bs.graphBuilds},
+                   {"nodes", bs.graphNodes}, {"node_updates", bs.graphNodeUpdates},
+                   {"host_ms_per_step", 1e3 * bs.graphHostSeconds / double(bs.graphSteps)},
+                   {"gpu_ms_per_step", 1e3 * bs.graphGpuSeconds / double(bs.graphSteps)}};
   return j;
 }
 

@@ -16,6 +16,7 @@ class ResidentRdrrWeights final : public WeightProvider {
   explicit ResidentRdrrWeights(const RdrrModel& model) : model_(model) {}
   bool has(const std::string& name) const override { return model_.has(name); }
   WeightView tensor(const std::string& name) override;
+  bool allResident() const override { return true; }
 
  private:
   const RdrrModel& model_;

@@ -92,6 +92,15 @@ enum class PrefetchHint : uint8_t {
   Predicted  // a prediction (the next layer's router applied to this layer's hidden state)
 };
 
+// Hybrid execution (issue #8, docs/tiers.md): which of a layer's selected experts the device runs and which the
+// host CPU runs straight from host RAM.
+struct ExpertSplit {
+  std::vector<int64_t> device;  // run on the device: resident there, on their way, or queued for a copy now
+  size_t deviceReady = 0;       // how many of `device` (its first entries) are in device memory already
+  std::vector<int64_t> host;    // run by the host CPU, from hostLeases
+  std::vector<ExpertLease> hostLeases;  // [host.size()] views of the host-RAM copies (pinned there meanwhile)
+};
+
 class WeightProvider {
  public:
   virtual ~WeightProvider() = default;
@@ -106,11 +115,20 @@ class WeightProvider {
   virtual ExpertLease acquireExpert(int layer, int expert);
   // Asynchronous loads of experts the model expects to need (no-op for a resident provider).
   virtual void prefetchExperts(int layer, std::span<const int64_t> experts, PrefetchHint hint) {}
+  // Decode with a host CPU beside the device: like prefetchExperts(layer, experts, Needed), but the provider may
+  // give some of the experts to the host CPU (those in host RAM, when copying them would take longer than the CPU
+  // computing them); it queues loads only for the device side. Default: everything on the device.
+  virtual ExpertSplit splitExperts(int layer, std::span<const int64_t> experts);
+  // The host CPU computed `bytes` of expert weights in `seconds` (feeds the split's cost model and the stats).
+  virtual void reportHostCompute(uint64_t experts, uint64_t bytes, double seconds) {}
   // True when expert predictions are worth computing (the provider pages experts and prefetches).
   virtual bool wantsExpertPredictions() const { return false; }
   // True when every routed expert is in the device tier for good (nothing is paged), so model code may keep
   // expert leases for the whole run and route on the device.
   virtual bool expertsResident() const { return false; }
+  // True when nothing is loaded, evicted or streamed during a forward (every weight stays where it is), so a
+  // decode step may be replayed as a graph (Backend::beginStep).
+  virtual bool allResident() const { return false; }
   // Pins layer `layer`'s streamed dense matrices (empty lease when the layer is resident), and a hint that
   // `layer` comes next.
   virtual LayerLease acquireLayer(int layer) { return {}; }

@@ -1,6 +1,7 @@
 #include "model/decoder.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 
@@ -136,15 +137,24 @@ void DecoderModel::norm(const float* x, int64_t n, const ParamVec& w, const Para
     backend_.rmsNorm(x, n, cfg_.hiddenSize, w.ptr(), float(cfg_.normEps), y);
 }
 
+void DecoderModel::residualNorm(Activations& a, const ParamVec& w, const ParamVec& b) {
+  if (cfg_.norm == NormType::LayerNorm) {
+    residual(a);
+    norm(a.x.data(), a.n, w, b, a.h.data());
+  } else {
+    backend_.addRmsNorm(a.x.data(), a.out.data(), a.n, cfg_.hiddenSize, w.ptr(), float(cfg_.normEps), a.h.data());
+  }
+}
+
 void DecoderModel::attentionBlock(int l, const AttentionWeights& w, Activations& a, KVCache& kv) {
   const int64_t n = a.n, H = cfg_.numHeads, KVH = cfg_.numKvHeads, D = cfg_.headDim;
   DeviceArray q(backend_, size_t(n * H * D));    // [n, H, D]
   DeviceArray k(backend_, size_t(n * KVH * D));  // [n, KVH, D]
   DeviceArray v(backend_, size_t(n * KVH * D));  // [n, KVH, D]
   DeviceArray o(backend_, size_t(n * H * D));    // [n, H, D]
-  backend_.matmul(a.h.data(), n, w.q, w.qBias.ptr(), q.data());
-  backend_.matmul(a.h.data(), n, w.k, w.kBias.ptr(), k.data());
-  backend_.matmul(a.h.data(), n, w.v, w.vBias.ptr(), v.data());
+  const Backend::MatmulOut qkv[3] = {{w.q, w.qBias.ptr(), q.data()}, {w.k, w.kBias.ptr(), k.data()},
+                                     {w.v, w.vBias.ptr(), v.data()}};
+  backend_.matmulMany(a.h.data(), n, qkv, 3);
   if (w.qNorm.ptr()) {
     backend_.rmsNorm(q.data(), n * H, D, w.qNorm.ptr(), float(cfg_.normEps), q.data());
     backend_.rmsNorm(k.data(), n * KVH, D, w.kNorm.ptr(), float(cfg_.normEps), k.data());
@@ -194,7 +204,6 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
         table.push_back(ExpertCall{x.gate, x.up, x.down, 0.0f});
       }
     }
-    backend_.fill(a.out.data(), hid, 0.0f);
     if (backend_.moeRoutedOnDevice(a.h.data(), logitsDev.data(), table.data(), E, K, cfg_.normTopkProb,
                                    float(cfg_.swigluLimit), 1.702f, a.out.data()))
       return;
@@ -213,6 +222,14 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   std::vector<int64_t> used;
   for (int64_t e = 0; e < E; e++)
     if (!byExpert[size_t(e)].empty()) used.push_back(e);
+  if (n == 1 && !w.expertBias && host_) {  // decode beside a host CPU: the provider may give it some experts
+    ExpertSplit split = weights_.splitExperts(l, used);
+    if (weights_.wantsExpertPredictions()) predictNextExperts(l, a);
+    std::vector<float> weight(static_cast<size_t>(E), 0.0f);
+    for (int64_t e : used) weight[size_t(e)] = byExpert[size_t(e)][0].second;
+    hybridExperts(l, a, split, weight);
+    return;
+  }
   weights_.prefetchExperts(l, used, PrefetchHint::Needed);
   if (weights_.wantsExpertPredictions()) predictNextExperts(l, a);
 
@@ -250,6 +267,49 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
     for (int64_t i = 0; i < ne; i++)
       backend_.axpy(toks[size_t(i)].second, ye.data() + i * hid, hid, a.out.data() + toks[size_t(i)].first * hid);
   }
+}
+
+void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, const std::vector<float>& weight) {
+  const int64_t hid = cfg_.hiddenSize;
+  const float limit = float(cfg_.swigluLimit), alpha = 1.702f;
+  backend_.fill(a.out.data(), hid, 0.0f);
+  // Device experts already in device memory: issued first, they run while the host computes.
+  auto runOnDevice = [&](size_t from, size_t to) {
+    if (from >= to) return;
+    std::vector<ExpertLease> leases;
+    std::vector<ExpertCall> calls;
+    for (size_t i = from; i < to; i++) {
+      const int64_t e = split.device[i];
+      leases.push_back(weights_.acquireExpert(l, int(e)));  // waits for a copy still on its way
+      calls.push_back(ExpertCall{leases.back().gate, leases.back().up, leases.back().down, weight[size_t(e)]});
+    }
+    backend_.moeExperts(a.h.data(), calls.data(), int64_t(calls.size()), limit, alpha, a.out.data());
+  };
+  if (split.host.empty()) {
+    runOnDevice(0, split.device.size());
+    return;
+  }
+  // The token's hidden state to the host (the device is idle: routing just waited for it).
+  std::vector<float> xh(static_cast<size_t>(hid)), yh(static_cast<size_t>(hid), 0.0f);  // [hidden]
+  backend_.copy(xh.data(), Tier::Host, a.h.data(), Tier::Device, xh.size() * sizeof(float));
+  runOnDevice(0, split.deviceReady);
+  std::vector<ExpertCall> calls;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < split.host.size(); i++) {
+    const ExpertLease& x = split.hostLeases[i];
+    calls.push_back(ExpertCall{x.gate, x.up, x.down, weight[size_t(split.host[i])]});
+    bytes += x.gate.bytes() + x.up.bytes() + x.down.bytes();
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  host_->moeExperts(xh.data(), calls.data(), int64_t(calls.size()), limit, alpha, yh.data());
+  weights_.reportHostCompute(calls.size(), bytes,
+                             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  split.hostLeases.clear();  // unpinned from host RAM
+  DeviceArray yd(backend_, size_t(hid));
+  backend_.copy(yd.data(), Tier::Device, yh.data(), Tier::Host, yh.size() * sizeof(float));
+  backend_.axpy(1.0f, yd.data(), hid, a.out.data());
+  // The copied experts last: their copies ran while the host computed.
+  runOnDevice(split.deviceReady, split.device.size());
 }
 
 // Router logits (device) -> per-token top-k expert ids and weights on the host: idx, wt [n, K].
@@ -326,8 +386,7 @@ void DecoderModel::layer(int l, Activations& a, KVCache& kv) {
   auto& w = layers_[size_t(l)];
   norm(a.x.data(), a.n, w.attnNorm, w.attnNormBias, a.h.data());
   attentionBlock(l, w.attn, a, kv);
-  residual(a);
-  norm(a.x.data(), a.n, w.ffnNorm, w.ffnNormBias, a.h.data());
+  residualNorm(a, w.ffnNorm, w.ffnNormBias);  // x += attention; h = norm(x)
   if (w.moe)
     moeBlock(l, w.experts, a);
   else
@@ -340,6 +399,21 @@ void DecoderModel::forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache&
   check(n > 0, "forward: no tokens");
   check(pos0 + n <= kv.capacity(), "context full: {} tokens exceed the context of {} tokens", pos0 + n,
         kv.capacity());
+  // A decode step with nothing paged: the backend may record it and replay it as a graph (Backend::beginStep).
+  struct Step {
+    Backend& b;
+    bool on;
+    Step(Backend& backend, bool o) : b(backend), on(o) {
+      if (on) b.beginStep();
+    }
+    void end() {
+      if (on) b.endStep();
+      on = false;
+    }
+    ~Step() {
+      if (on) b.abortStep();
+    }
+  } step(backend_, n == 1 && weights_.allResident());
   const int64_t hid = cfg_.hiddenSize, V = cfg_.vocabSize;
   Activations a;
   a.n = n;
@@ -364,6 +438,7 @@ void DecoderModel::forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache&
   DeviceArray out(backend_, size_t(rows * V));
   backend_.matmul(a.h.data(), rows, lmHead_, lmHeadBias_.ptr(), out.data());
   backend_.copy(logits, Tier::Host, out.data(), Tier::Device, size_t(rows * V) * sizeof(float));
+  step.end();
 }
 
 }  // namespace doppler

@@ -61,6 +61,7 @@ class DecoderModel : public Model {
   const ModelConfig& config() const override { return cfg_; }
   std::vector<KVLayerShape> kvShapes() const override;
   void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) override;
+  void setHostBackend(Backend* host) override { host_ = host; }
 
  protected:
   // One layer: reads a.x, leaves the updated residual stream in a.x. The default is the pre-norm block
@@ -91,6 +92,10 @@ class DecoderModel : public Model {
   void moeBlock(int l, const MoeWeights& w, Activations& a);
   // Prefetch hint: layer l+1's router applied to a.h (layer l's normed post-attention state) -> its likely experts.
   void predictNextExperts(int l, const Activations& a);
+  // Decode MoE split between the device and the host CPU (host_): a.out += the experts of `split` on both, the
+  // host's computed from host RAM while the device runs its ready experts and the loader copies the rest.
+  // weights[e]: routing weight of expert e.
+  void hybridExperts(int l, Activations& a, ExpertSplit& split, const std::vector<float>& weights);
   void routeOnHost(const MoeWeights& w, const float* logitsDev, int64_t n, std::vector<int64_t>& idx,
                    std::vector<float>& wt);
   // Layer streaming (tiered weights, docs/tiers.md): before layer l runs, points its matrices (views that
@@ -98,6 +103,8 @@ class DecoderModel : public Model {
   // fields (attention q/k/v/o, dense FFN gate/up/down, router); an architecture keeping matrices elsewhere
   // overrides it, calls the base and binds its own with lease.bind(view, name).
   virtual void bindLayer(int l, const LayerLease& lease);
+  // a.x += a.out, then a.h = norm(a.x) with (w, b) (fused on backends that can)
+  void residualNorm(Activations& a, const ParamVec& w, const ParamVec& b);
   // x += y
   void residual(Activations& a) { backend_.axpy(1.0f, a.out.data(), a.n * cfg_.hiddenSize, a.x.data()); }
 
@@ -108,6 +115,7 @@ class DecoderModel : public Model {
   ModelConfig cfg_;
   WeightProvider& weights_;
   Backend& backend_;
+  Backend* host_ = nullptr;  // hybrid execution (setHostBackend)
   WeightView embed_, lmHead_;
   ParamVec outNorm_, outNormBias_, lmHeadBias_;
   std::vector<LayerWeights> layers_;

@@ -130,6 +130,57 @@ TEST_F(CudaOps, MatmulAllTypesLayoutsAndBatchSizes) {
   }
 }
 
+// q, k, v in one launch (Backend::matmulMany): each output as the CPU's matmul gives it; shapes the fused path
+// takes (n = 1, row layout) and ones it hands back to plain matmuls (column layout, n = 3, mixed types).
+TEST_F(CudaOps, MatmulManyMatchesCpu) {
+  struct Case { int64_t n; Layout layout; bool mixed; };
+  for (Case c : {Case{1, Layout::Row, false}, Case{1, Layout::Column, false}, Case{3, Layout::Row, false},
+                 Case{1, Layout::Row, true}}) {
+    for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+      const int64_t in = 264, outs[3] = {520, 72, 9};
+      const uint32_t seed = nextSeed();
+      auto x = randn(size_t(c.n * in), seed);
+      std::vector<std::vector<uint8_t>> wb(3);
+      std::vector<std::vector<float>> bias(3), ref(3);
+      Backend::MatmulOut hm[3], dm[3];
+      for (int j = 0; j < 3; j++) {
+        const DType t = c.mixed && j == 2 ? DType::F32 : dt;
+        wb[size_t(j)] = encodeWeight(randn(size_t(outs[j] * in), seed + 1 + uint32_t(j), 0.05f), outs[j], in, t, c.layout);
+        bias[size_t(j)] = randn(size_t(outs[j]), seed + 7 + uint32_t(j));
+        ref[size_t(j)].resize(size_t(c.n * outs[j]));
+        const WeightView hw{wb[size_t(j)].data(), t, {outs[j], in}, c.layout};
+        hm[j] = {hw, j == 1 ? bias[size_t(j)].data() : nullptr, ref[size_t(j)].data()};
+        WeightView dw = hw;
+        dw.data = up(wb[size_t(j)]);
+        dm[j] = {dw, j == 1 ? up(bias[size_t(j)]) : nullptr, poisoned(ref[size_t(j)].size())};
+      }
+      cpu->matmulMany(x.data(), c.n, hm, 3);
+      gpu->matmulMany(up(x), c.n, dm, 3);
+      for (int j = 0; j < 3; j++)
+        EXPECT_LT(relErr(down(dm[j].y, ref[size_t(j)].size()), ref[size_t(j)]), kTol)
+            << dtypeName(dt) << " n " << c.n << " " << layoutName(c.layout) << " mixed " << c.mixed << " out " << j
+            << " seed " << seed;
+    }
+  }
+}
+
+// The residual add fused into RMSNorm: x += add (written back), y = rmsNorm(x).
+TEST_F(CudaOps, AddRmsNormMatchesCpu) {
+  for (int64_t dim : {64, 100, 2048}) {
+    const int64_t rows = 3;
+    const uint32_t seed = nextSeed();
+    auto x = randn(size_t(rows * dim), seed, 2.0f), add = randn(size_t(rows * dim), seed + 1),
+         w = randn(size_t(dim), seed + 2);
+    std::vector<float> xr = x, yr(x.size());
+    cpu->addRmsNorm(xr.data(), add.data(), rows, dim, w.data(), 1e-6f, yr.data());
+    float* xd = up(x);
+    float* y = poisoned(x.size());
+    gpu->addRmsNorm(xd, up(add), rows, dim, up(w), 1e-6f, y);
+    EXPECT_LT(relErr(down(xd, x.size()), xr), kTol) << "x dim " << dim << " seed " << seed;
+    EXPECT_LT(relErr(down(y, x.size()), yr), kTol) << "y dim " << dim << " seed " << seed;
+  }
+}
+
 TEST_F(CudaOps, EmbedRowAndColumn) {
   for (DType dt : {DType::F32, DType::BF16, DType::F16})
     for (Layout layout : {Layout::Row, Layout::Column}) {

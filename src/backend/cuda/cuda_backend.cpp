@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/graph_recorder.h"
 #include "backend/cuda/kernels.h"
 #include "backend/gpu_bandwidth.h"
 #include "core/error.h"
@@ -148,9 +150,15 @@ class CudaBackend final : public Backend {
     ck(cudaDeviceGetDefaultMemPool(&pool, 0), "cudaDeviceGetDefaultMemPool");
     uint64_t keep = UINT64_MAX;
     ck(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+    graph_ = std::make_unique<cuda::GraphRecorder>(stream_);
+    const char* g = std::getenv("DOPPLER_CUDA_GRAPHS");
+    graphs_ = !(g && std::string_view(g) == "0");
   }
   ~CudaBackend() override {
+    graph_->abort();
+    graph_.reset();
     cudaStreamSynchronize(stream_);
+    if (arena_) cudaFree(arena_);
     if (scratch_) cudaFree(scratch_);
     for (auto& [k, t] : tables_)
       if (t.dev) cudaFree(t.dev);
@@ -200,6 +208,10 @@ class CudaBackend final : public Backend {
 
   void release(Tier tier, void* p, size_t) override {
     if (!p) return;
+    if (tier == Tier::Device && recordingHere()) {  // recorded ops may still use it: free it after they launch
+      deferredFrees_.push_back(p);
+      return;
+    }
     if (tier == Tier::Device) ck(cudaFreeAsync(p, stream_), "cudaFreeAsync");
     else ck(cudaFreeHost(p), "cudaFreeHost");
   }
@@ -213,6 +225,11 @@ class CudaBackend final : public Backend {
       std::memcpy(dst, src, bytes);
       return;
     }
+    if (dDev && sDev && recordingHere()) {
+      graph_->copy(dst, src, bytes);
+      return;
+    }
+    if (recordingHere()) flushRecorded();  // copies that involve the host run in order after the recorded ops
     if (dDev && sDev) {
       ck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "device-to-device copy");
       if (std::this_thread::get_id() != owner_) ck(cudaStreamSynchronize(stream_), "copy: synchronize");
@@ -231,7 +248,70 @@ class CudaBackend final : public Backend {
     ck(cudaStreamSynchronize(cs.stream), "host-to-device copy: synchronize");
   }
 
-  void synchronize() override { ck(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  void synchronize() override {
+    if (recordingHere()) flushRecorded();
+    ck(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+
+  // ---------------------------------------------------------------- step graphs (graph_recorder.h)
+
+  void beginStep() override {
+    if (!graphs_ || std::this_thread::get_id() != owner_ || graph_->recording()) return;
+    if (arenaLive_ == 0) {  // start the arena over (grown to what the last step asked for)
+      if (arenaWant_ > arenaCap_) {
+        if (arena_) ck(cudaFreeAsync(arena_, stream_), "cudaFreeAsync (arena)");
+        arena_ = nullptr;
+        arenaCap_ = (arenaWant_ + arenaWant_ / 4 + 255) / 256 * 256;
+        ck(cudaMallocAsync(reinterpret_cast<void**>(&arena_), arenaCap_, stream_), "cudaMallocAsync (arena)");
+      }
+      arenaTop_ = 0;
+    }
+    graph_->begin();
+  }
+  void* allocateScratch(size_t bytes) override {
+    if (!recordingHere()) return allocate(Tier::Device, bytes);
+    const size_t b = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+    if (arenaTop_ + b > arenaCap_) {  // too small this step: grown at the next one
+      arenaWant_ = std::max(arenaWant_, arenaTop_ + b);
+      arenaTop_ += b;  // so that the next request measures what the whole step needs
+      return allocate(Tier::Device, bytes);
+    }
+    void* p = arena_ + arenaTop_;
+    arenaTop_ += b;
+    arenaLive_++;
+    return p;
+  }
+  void releaseScratch(void* p, size_t bytes) override {
+    const auto* q = static_cast<const uint8_t*>(p);
+    if (arena_ && q >= arena_ && q < arena_ + arenaCap_) {
+      arenaLive_--;
+      return;
+    }
+    release(Tier::Device, p, bytes);
+  }
+  void endStep() override {
+    if (!graph_->recording()) return;
+    graph_->end();
+    freeDeferred();
+  }
+  void abortStep() noexcept override {
+    if (!graph_->recording()) return;
+    graph_->abort();
+    for (void* p : deferredFrees_) cudaFreeAsync(p, stream_);
+    deferredFrees_.clear();
+  }
+  BackendStats stats() const override {
+    const cuda::GraphStats& g = graph_->stats();
+    BackendStats b;
+    b.graphSteps = g.steps;
+    b.graphLaunches = g.launches;
+    b.graphBuilds = g.builds;
+    b.graphNodes = g.nodes;
+    b.graphNodeUpdates = g.nodeUpdates;
+    b.graphHostSeconds = g.hostSeconds;
+    b.graphGpuSeconds = g.gpuSeconds;
+    return b;
+  }
 
   // ---------------------------------------------------------------- ops
 
@@ -240,19 +320,53 @@ class CudaBackend final : public Backend {
     ck(cuda::matmul(x, n, matW(w, "matmul"), bias, y, stream_), "matmul");
   }
 
+  void matmulMany(const float* x, int64_t n, const MatmulOut* outs, int count) override {
+    // One launch for one token when every matrix is a row-layout f32/f16/bf16 of the same type and input size.
+    bool one = n == 1 && count >= 1 && count <= cuda::kMultiGemv && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    const DType dt = count > 0 ? outs[0].w.dtype : DType::F32;
+    const int64_t in = count > 0 ? outs[0].w.cols() : 0;
+    one = one && (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) && in % 8 == 0;
+    cuda::MultiGemv m{};
+    for (int j = 0; j < count && one; j++) {
+      const WeightView& w = outs[j].w;
+      one = w.data && w.dtype == dt && w.layout == Layout::Row && w.cols() == in &&
+            reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && outs[j].y != x;
+      m.w[j] = w.data;
+      m.bias[j] = outs[j].bias;
+      m.y[j] = outs[j].y;
+      m.out[j] = w.rows();
+    }
+    if (!one) return Backend::matmulMany(x, n, outs, count);
+    m.count = count;
+    const int type = dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16;
+    ck(cuda::matmulMany(x, in, type, m, stream_), "matmulMany");
+  }
+
+  void addRmsNorm(float* x, const float* add, int64_t rows, int64_t dim, const float* w, float eps,
+                  float* y) override {
+    check(y != x && y != add, "cuda addRmsNorm: y must not alias x or add");
+    ck(cuda::rmsNorm(x, add, rows, dim, w, eps, y, stream_), "addRmsNorm");
+  }
+
   void embed(const WeightView& table, const int32_t* ids, int64_t n, float* out) override {
     const int64_t vocab = table.rows();
     for (int64_t i = 0; i < n; i++)
       check(ids[i] >= 0 && ids[i] < vocab, "token id {} out of range (vocabulary has {} tokens)", ids[i], vocab);
     check(table.dtype != DType::MXFP4, "cuda embed: an mxfp4 embedding table is not supported");
-    Uploads up(*this);
-    const size_t oIds = up.add(ids, size_t(n) * sizeof(int32_t));
-    const uint8_t* base = up.flush();
-    ck(cuda::embed(matW(table, "embed"), reinterpret_cast<const int32_t*>(base + oIds), n, out, stream_), "embed");
+    cuda::EmbedArgs e{};
+    if (n <= cuda::kInlineIds) {  // in the kernel's parameters
+      e.inl = true;
+      std::memcpy(e.idsInl, ids, size_t(n) * sizeof(int32_t));
+    } else {
+      Uploads up(*this);
+      const size_t oIds = up.add(ids, size_t(n) * sizeof(int32_t));
+      e.ids = reinterpret_cast<const int32_t*>(up.flush() + oIds);
+    }
+    ck(cuda::embed(matW(table, "embed"), e, n, out, stream_), "embed");
   }
 
   void rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y) override {
-    ck(cuda::rmsNorm(x, rows, dim, w, eps, y, stream_), "rmsNorm");
+    ck(cuda::rmsNorm(const_cast<float*>(x), nullptr, rows, dim, w, eps, y, stream_), "rmsNorm");
   }
 
   void layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps,
@@ -353,6 +467,7 @@ class CudaBackend final : public Backend {
     // The layer's expert table in GPU memory, built on first use (the caller keeps the experts where they are).
     ExpertTable& t = tables_[TableKey{experts, experts[0].gate.data, numExperts}];
     if (!t.built) {
+      if (recordingHere()) flushRecorded();  // the upload below waits for the stream
       t.built = true;
       const WeightView& g0 = experts[0].gate;
       t.inter = g0.rows();
@@ -390,6 +505,7 @@ class CudaBackend final : public Backend {
     m.ex = t.dev;
     m.sel = idx;
     m.selW = wts;
+    m.assign = true;
     ck(cuda::moeExperts(x, m, int(topK), t.type, t.inter, t.hid, limit, alpha, act.data(), out, stream_),
        "moeRoutedOnDevice");
     return true;
@@ -441,6 +557,8 @@ class CudaBackend final : public Backend {
       return off;
     }
     const uint8_t* flush() {
+      // Ops recorded for a graph may still read the scratch area: launch them before it is overwritten.
+      if (b_.recordingHere()) b_.flushRecorded();
       b_.ensureScratch(buf_.size());
       ck(cudaMemcpyAsync(b_.scratch_, buf_.data(), buf_.size(), cudaMemcpyHostToDevice, b_.stream_), "upload");
       return b_.scratch_;
@@ -450,6 +568,16 @@ class CudaBackend final : public Backend {
     CudaBackend& b_;
     std::vector<uint8_t> buf_;
   };
+
+  bool recordingHere() const { return graph_->recording() && std::this_thread::get_id() == owner_; }
+  void flushRecorded() {
+    graph_->flush();
+    freeDeferred();
+  }
+  void freeDeferred() {
+    for (void* p : deferredFrees_) ck(cudaFreeAsync(p, stream_), "cudaFreeAsync");
+    deferredFrees_.clear();
+  }
 
   void ensureScratch(size_t bytes) {
     if (bytes <= scratchBytes_) return;
@@ -484,6 +612,14 @@ class CudaBackend final : public Backend {
   std::vector<CopyStream> copyStreams_;
   uint8_t* scratch_ = nullptr;
   size_t scratchBytes_ = 0;
+  std::unique_ptr<cuda::GraphRecorder> graph_;
+  bool graphs_ = true;                 // DOPPLER_CUDA_GRAPHS=0 turns step graphs off
+  std::vector<void*> deferredFrees_;   // device memory released while recording
+  // Scratch arena of recorded steps (allocateScratch): bump-allocated, started over at each step when nothing
+  // in it is still in use, so the same step gets the same addresses.
+  uint8_t* arena_ = nullptr;
+  size_t arenaCap_ = 0, arenaTop_ = 0, arenaWant_ = 0;
+  int64_t arenaLive_ = 0;
 };
 
 }  // namespace

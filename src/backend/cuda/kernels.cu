@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <type_traits>
 
 namespace doppler::cuda {
 
@@ -117,6 +119,31 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRow(const float* __res
       if (lane == 0) y[t * out + o] = s + (bias ? bias[o] : 0.0f);
     }
   }
+}
+
+// Several row-layout matrices with the same input, one token (attention's q, k, v in one launch): the grid is the
+// concatenation of each matrix's gemvRow grid; the block's matrix is the last one whose first block it reaches.
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRowMulti(const float* __restrict__ x, int64_t in,
+                                                                 const __grid_constant__ MultiGemv m) {
+  int j = 0;
+  while (j + 1 < m.count && int64_t(blockIdx.x) >= m.firstBlock[j + 1]) j++;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t o = (int64_t(blockIdx.x) - m.firstBlock[j]) * kGemvWarps + warp;
+  if (o >= m.out[j]) return;
+  constexpr int es = T == kF32 ? 4 : 2;
+  const uint8_t* row = static_cast<const uint8_t*>(m.w[j]) + o * in * es;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int64_t i = int64_t(lane) * 8; i < in; i += kWarp * 8) {
+    float f[8];
+    load8<T>(row + i * es, f);
+    const float4 a = __ldg(reinterpret_cast<const float4*>(x + i));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(x + i) + 1);
+    acc += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+  }
+  const float s = warpSum(acc);
+  if (lane == 0) m.y[j][o] = s + (m.bias[j] ? m.bias[j][o] : 0.0f);
 }
 
 // MXFP4 rows: in / 32 blocks of 17 bytes; one block per lane per step.
@@ -256,9 +283,9 @@ __global__ void __launch_bounds__(256) gemmTiled(const float* __restrict__ x, in
 
 // ---------------------------------------------------------------- small ops
 
-__global__ void embedKernel(MatW t, const int32_t* ids, int64_t dim, float* out) {
+__global__ void embedKernel(MatW t, const __grid_constant__ EmbedArgs e, int64_t dim, float* out) {
   const int64_t i = blockIdx.x;
-  const int64_t id = ids[i];
+  const int64_t id = e.inl ? e.idsInl[i] : e.ids[i];
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) out[i * dim + c] = welem(t, id, c);
 }
 
@@ -274,12 +301,22 @@ __device__ float blockSum(float v, float* red) {
   return s;
 }
 
-__global__ void rmsNormKernel(const float* x, int64_t dim, const float* w, float eps, float* y) {
+// add != nullptr: x += add first (the residual add fused into the next norm), x written back.
+__global__ void rmsNormKernel(float* x, const float* add, int64_t dim, const float* w, float eps, float* y) {
   __shared__ float red[32];
-  const float* xr = x + int64_t(blockIdx.x) * dim;
+  float* xr = x + int64_t(blockIdx.x) * dim;
   float* yr = y + int64_t(blockIdx.x) * dim;
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  if (add) {
+    const float* ar = add + int64_t(blockIdx.x) * dim;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {  // each thread reads back only what it wrote
+      const float v = xr[i] + ar[i];
+      xr[i] = v;
+      ss += v * v;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  }
   ss = blockSum(ss, red);
   const float inv = 1.0f / sqrtf(ss / float(dim) + eps);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = (xr[i] * inv) * w[i];
@@ -486,7 +523,7 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDownRows(const float* _
   float total = 0.0f;
   for (int j = 0; j < count; j++)
     total += downRowTerm<T>(act, m, ex, j, h, inter, lane);
-  if (lane == 0) out[h] += total;
+  if (lane == 0) out[h] = (m.assign ? 0.0f : out[h]) + total;
 }
 
 // Many experts: grid (hid): one block per output row h, warp w takes experts w, w + 8, ...; the 8 partial sums are added in a
@@ -508,7 +545,7 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
     float t = 0.0f;
 #pragma unroll
     for (int k = 0; k < kGemvWarps; k++) t += part[k];
-    out[h] += t;
+    out[h] = (m.assign ? 0.0f : out[h]) + t;
   }
 }
 
@@ -563,18 +600,40 @@ __global__ void routeKernel(const float* logits, int E, int K, bool norm, int* i
 
 unsigned blocksFor(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
+thread_local LaunchSink* tSink = nullptr;
+
+// Every kernel launch goes through here: cudaLaunchKernel, or the calling thread's LaunchSink (graph recording)
+// with the same arguments. The arguments are converted to the kernel's parameter types first, so that the sink
+// sees exactly the bytes the kernel would get.
+template <typename... P, typename... A>
+void launch(void (*f)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... a) {
+  static_assert(sizeof...(P) == sizeof...(A), "launch: argument count differs from the kernel's");
+  std::tuple<std::decay_t<P>...> v{static_cast<std::decay_t<P>>(a)...};
+  std::apply(
+      [&](auto&... e) {
+        void* args[] = {static_cast<void*>(&e)...};
+        if (tSink) {
+          const size_t sizes[] = {sizeof(e)...};
+          tSink->kernel(reinterpret_cast<const void*>(f), grid, block, smem, args, sizes, int(sizeof...(P)));
+        } else {
+          cudaLaunchKernel(reinterpret_cast<const void*>(f), grid, block, args, smem, s);
+        }
+      },
+      v);
+}
+
 template <int NT>
 void launchGemvRow(const float* x, int n, const MatW& w, const float* bias, float* y, bool vec, cudaStream_t s) {
   const dim3 grid(unsigned((w.out + kGemvWarps - 1) / kGemvWarps)), block(kGemvWarps * kWarp);
 #define DOPPLER_GEMV(T)                                                                          \
-  if (vec) gemvRow<T, NT, true><<<grid, block, 0, s>>>(x, n, w.data, w.out, w.in, bias, y);   \
-  else gemvRow<T, NT, false><<<grid, block, 0, s>>>(x, n, w.data, w.out, w.in, bias, y);
+  if (vec) launch(gemvRow<T, NT, true>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);   \
+  else launch(gemvRow<T, NT, false>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);
   switch (w.type) {
     case kF32: DOPPLER_GEMV(kF32) break;
     case kF16: DOPPLER_GEMV(kF16) break;
     case kBF16: DOPPLER_GEMV(kBF16) break;
     case kMXFP4:
-      gemvMxfp4<NT><<<grid, block, 0, s>>>(x, n, static_cast<const uint8_t*>(w.data), w.out, w.in, bias, y);
+      launch(gemvMxfp4<NT>, grid, block, 0, s, x, n, static_cast<const uint8_t*>(w.data), w.out, w.in, bias, y);
       break;
   }
 #undef DOPPLER_GEMV
@@ -582,10 +641,12 @@ void launchGemvRow(const float* x, int n, const MatW& w, const float* bias, floa
 
 template <int NT>
 void launchGemvCol(const float* x, int n, const MatW& w, const float* bias, float* y, cudaStream_t s) {
-  gemvCol<NT><<<unsigned((w.out + kColOut - 1) / kColOut), kColOut * kColSlices, 0, s>>>(x, n, w, bias, y);
+  launch(gemvCol<NT>, unsigned((w.out + kColOut - 1) / kColOut), kColOut * kColSlices, 0, s, x, n, w, bias, y);
 }
 
 }  // namespace
+
+void setLaunchSink(LaunchSink* sink) { tSink = sink; }
 
 cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s) {
   if (n <= 0 || w.out <= 0) return cudaSuccess;
@@ -606,28 +667,45 @@ cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, 
     }
   } else {
     const dim3 grid(unsigned((w.out + kBN - 1) / kBN), unsigned((n + kBM - 1) / kBM));
-    if (w.column) gemmTiled<true><<<grid, 256, 0, s>>>(x, n, w, bias, y);
-    else gemmTiled<false><<<grid, 256, 0, s>>>(x, n, w, bias, y);
+    if (w.column) launch(gemmTiled<true>, grid, 256, 0, s, x, n, w, bias, y);
+    else launch(gemmTiled<false>, grid, 256, 0, s, x, n, w, bias, y);
   }
   return cudaGetLastError();
 }
 
-cudaError_t embed(const MatW& table, const int32_t* ids, int64_t n, float* out, cudaStream_t s) {
-  if (n <= 0) return cudaSuccess;
-  embedKernel<<<unsigned(n), 256, 0, s>>>(table, ids, table.in, out);
+cudaError_t matmulMany(const float* x, int64_t in, int type, MultiGemv m, cudaStream_t s) {
+  int64_t blocks = 0;
+  for (int j = 0; j < m.count; j++) {
+    m.firstBlock[j] = blocks;
+    blocks += (m.out[j] + kGemvWarps - 1) / kGemvWarps;
+  }
+  if (blocks <= 0) return cudaSuccess;
+  const dim3 grid{unsigned(blocks)}, block{unsigned(kGemvWarps * kWarp)};
+  switch (type) {
+    case kF32: launch(gemvRowMulti<kF32>, grid, block, 0, s, x, in, m); break;
+    case kF16: launch(gemvRowMulti<kF16>, grid, block, 0, s, x, in, m); break;
+    default: launch(gemvRowMulti<kBF16>, grid, block, 0, s, x, in, m); break;
+  }
   return cudaGetLastError();
 }
 
-cudaError_t rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y, cudaStream_t s) {
+cudaError_t embed(const MatW& table, const EmbedArgs& e, int64_t n, float* out, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  launch(embedKernel, unsigned(n), 256, 0, s, table, e, table.in, out);
+  return cudaGetLastError();
+}
+
+cudaError_t rmsNorm(float* x, const float* add, int64_t rows, int64_t dim, const float* w, float eps, float* y,
+                    cudaStream_t s) {
   if (rows <= 0) return cudaSuccess;
-  rmsNormKernel<<<unsigned(rows), dim >= 1024 ? 512 : 128, 0, s>>>(x, dim, w, eps, y);
+  launch(rmsNormKernel, unsigned(rows), dim >= 1024 ? 512 : 128, 0, s, x, add, dim, w, eps, y);
   return cudaGetLastError();
 }
 
 cudaError_t layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps, float* y,
                       cudaStream_t s) {
   if (rows <= 0) return cudaSuccess;
-  layerNormKernel<<<unsigned(rows), dim >= 1024 ? 512 : 128, 0, s>>>(x, dim, w, b, eps, y);
+  launch(layerNormKernel, unsigned(rows), dim >= 1024 ? 512 : 128, 0, s, x, dim, w, b, eps, y);
   return cudaGetLastError();
 }
 
@@ -635,7 +713,7 @@ cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const Rope
                  float attentionScale, bool interleaved, cudaStream_t s) {
   const int64_t half = rotDim / 2, total = n * heads * half;
   if (total <= 0) return cudaSuccess;
-  ropeKernel<<<blocksFor(total, 256), 256, 0, s>>>(x, n, heads, headDim, r, half, attentionScale,
+  launch(ropeKernel, blocksFor(total, 256), 256, 0, s, x, n, heads, headDim, r, half, attentionScale,
                                                     interleaved);
   return cudaGetLastError();
 }
@@ -647,7 +725,7 @@ cudaError_t attention(const float* q, int64_t n, const AttnArgs& a, float* out, 
     cudaError_t e = cudaFuncSetAttribute(attentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return e;
   }
-  attentionKernel<<<dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s>>>(q, a, out);
+  launch(attentionKernel, dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s, q, a, out);
   return cudaGetLastError();
 }
 
@@ -658,19 +736,19 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
   const bool rows = count < 4;
   const unsigned g2 = rows ? unsigned((hidden + kGemvWarps - 1) / kGemvWarps) : unsigned(hidden);
 #define DOPPLER_MOE_DOWN(T)                                                                                   \
-  if (rows) moeDownRows<T><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);      \
-  else moeDown<T><<<g2, kGemvWarps * kWarp, 0, s>>>(act, experts, count, inter, hidden, out);
+  if (rows) launch(moeDownRows<T>, g2, kGemvWarps * kWarp, 0, s, act, experts, count, inter, hidden, out);      \
+  else launch(moeDown<T>, g2, kGemvWarps * kWarp, 0, s, act, experts, count, inter, hidden, out);
   switch (type) {
     case kF32:
-      moeGateUp<kF32><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      launch(moeGateUp<kF32>, g1, kGemvWarps * kWarp, 0, s, x, experts, inter, hidden, limit, alpha, act);
       DOPPLER_MOE_DOWN(kF32)
       break;
     case kF16:
-      moeGateUp<kF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      launch(moeGateUp<kF16>, g1, kGemvWarps * kWarp, 0, s, x, experts, inter, hidden, limit, alpha, act);
       DOPPLER_MOE_DOWN(kF16)
       break;
     default:
-      moeGateUp<kBF16><<<g1, kGemvWarps * kWarp, 0, s>>>(x, experts, inter, hidden, limit, alpha, act);
+      launch(moeGateUp<kBF16>, g1, kGemvWarps * kWarp, 0, s, x, experts, inter, hidden, limit, alpha, act);
       DOPPLER_MOE_DOWN(kBF16)
       break;
   }
@@ -679,26 +757,26 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
 }
 
 cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s) {
-  routeKernel<<<1, 256, size_t(E) * sizeof(float), s>>>(logits, E, K, norm, idx, w);
+  launch(routeKernel, 1, 256, size_t(E) * sizeof(float), s, logits, E, K, norm, idx, w);
   return cudaGetLastError();
 }
 
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out,
                    cudaStream_t s) {
   if (n <= 0) return cudaSuccess;
-  swigluKernel<<<blocksFor(n, 256), 256, 0, s>>>(gate, up, n, limit, alpha, out);
+  launch(swigluKernel, blocksFor(n, 256), 256, 0, s, gate, up, n, limit, alpha, out);
   return cudaGetLastError();
 }
 
 cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s) {
   if (n <= 0) return cudaSuccess;
-  axpyKernel<<<blocksFor(n, 256), 256, 0, s>>>(a, x, n, y);
+  launch(axpyKernel, blocksFor(n, 256), 256, 0, s, a, x, n, y);
   return cudaGetLastError();
 }
 
 cudaError_t fill(float* y, int64_t n, float v, cudaStream_t s) {
   if (n <= 0) return cudaSuccess;
-  fillKernel<<<blocksFor(n, 256), 256, 0, s>>>(y, n, v);
+  launch(fillKernel, blocksFor(n, 256), 256, 0, s, y, n, v);
   return cudaGetLastError();
 }
 

@@ -8,6 +8,17 @@
 
 namespace doppler::cuda {
 
+// Receives the calling thread's kernel launches instead of the GPU while set (setLaunchSink), with the kernel,
+// its launch shape and its parameters (args[i] points at sizes[i] bytes, as cudaLaunchKernel takes them). The
+// CUDA backend records decode steps into graphs with it (graph_recorder.h). kernel() reports failure by throwing.
+class LaunchSink {
+ public:
+  virtual ~LaunchSink() = default;
+  virtual void kernel(const void* func, dim3 grid, dim3 block, size_t smem, void** args, const size_t* sizes,
+                      int count) = 0;
+};
+void setLaunchSink(LaunchSink* sink);  // for the calling thread; nullptr: launch on the GPU again
+
 // Weight element types as the kernels know them (core/dtype.h's DType mapped by the backend).
 enum WType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kMXFP4 = 3 };
 
@@ -21,16 +32,38 @@ struct MatW {
 // y[n, out] = x[n, in] · Wᵀ (+ bias). Chooses a GEMV (small n) or a tiled GEMM.
 cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s);
 
-// out[i, :] = table[ids[i], :] (ids on the device; checked on the host by the caller).
-cudaError_t embed(const MatW& table, const int32_t* ids, int64_t n, float* out, cudaStream_t s);
+// y_j = x · W_jᵀ (+ bias_j) for one token and up to kMultiGemv row-layout matrices of one type (f32/f16/bf16) with
+// the same `in` (% 8 == 0; W_j and x 16-byte aligned): one launch. firstBlock is filled in by matmulMany.
+constexpr int kMultiGemv = 4;
+struct MultiGemv {
+  int count;
+  const void* w[kMultiGemv];
+  const float* bias[kMultiGemv];
+  float* y[kMultiGemv];
+  int64_t out[kMultiGemv];
+  int64_t firstBlock[kMultiGemv];
+};
+cudaError_t matmulMany(const float* x, int64_t in, int type, MultiGemv m, cudaStream_t s);
 
-cudaError_t rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y, cudaStream_t s);
+
+// y = rmsNorm(x) * w per row; add != nullptr: x += add first (x is written back).
+cudaError_t rmsNorm(float* x, const float* add, int64_t rows, int64_t dim, const float* w, float eps, float* y,
+                    cudaStream_t s);
 cudaError_t layerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float eps, float* y,
                       cudaStream_t s);
 
 // Small host arrays travel inside the kernel parameters (no copy before the launch) when they fit ("inl"); else
 // the pointers name device copies.
-constexpr int kInlinePos = 32, kInlineInv = 128, kInlinePosAttn = 16, kInlineChunks = 96, kInlineExperts = 64;
+constexpr int kInlinePos = 32, kInlineInv = 128, kInlinePosAttn = 16, kInlineChunks = 96, kInlineExperts = 64,
+              kInlineIds = 32;
+
+struct EmbedArgs {
+  const int32_t* ids;  // [n] token ids (device) unless inl
+  bool inl;
+  int32_t idsInl[kInlineIds];
+};
+// out[i, :] = table[ids[i], :] (ids checked on the host by the caller).
+cudaError_t embed(const MatW& table, const EmbedArgs& e, int64_t n, float* out, cudaStream_t s);
 
 struct RopeArgs {
   const int64_t* pos;  // [n] positions (device) unless inl
@@ -79,6 +112,7 @@ struct MoeArgs {
   ExpertPtrs exInl[kInlineExperts];
   const int* sel;        // device routing: expert j of the launch is ex[sel[j]] with weight selW[j]; else nullptr
   const float* selW;
+  bool assign;           // out = Σ (instead of out += Σ)
 };
 // Device routing for one token: softmax over logits [E], the K best (ties: lower index), renormalised when norm.
 cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s);

@@ -1,0 +1,195 @@
+#include "backend/cuda/graph_recorder.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace doppler::cuda {
+
+namespace {
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("cuda graph: {}: {}", what, cudaGetErrorString(e));
+}
+bool sameDim(dim3 a, dim3 b) { return a.x == b.x && a.y == b.y && a.z == b.z; }
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+}  // namespace
+
+GraphRecorder::~GraphRecorder() {
+  for (auto& s : segments_) destroy(s);
+  for (auto& [a, b] : events_) {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+}
+
+void GraphRecorder::collectTimes() {
+  for (size_t i = 0; i < timed_; i++) {
+    float ms = 0;
+    if (cudaEventSynchronize(events_[i].second) == cudaSuccess &&
+        cudaEventElapsedTime(&ms, events_[i].first, events_[i].second) == cudaSuccess)
+      stats_.gpuSeconds += double(ms) * 1e-3;
+    cudaGetLastError();
+  }
+  timed_ = 0;
+}
+
+void GraphRecorder::begin() {
+  collectTimes();  // the previous step's launches ended with it (its logits were copied to the host)
+  t0_ = now();
+  recording_ = true;
+  segment_ = 0;
+  count_ = 0;
+  stats_.steps++;
+  setLaunchSink(this);
+}
+
+GraphRecorder::Op& GraphRecorder::next() {
+  if (count_ == ops_.size()) ops_.emplace_back();
+  return ops_[count_++];
+}
+
+void GraphRecorder::kernel(const void* func, dim3 grid, dim3 block, size_t smem, void** args, const size_t* sizes,
+                           int count) {
+  Op& op = next();
+  op.isCopy = false;
+  op.func = func;
+  op.grid = grid;
+  op.block = block;
+  op.smem = smem;
+  op.params.clear();
+  op.offsets.clear();
+  for (int i = 0; i < count; i++) {
+    const size_t off = (op.params.size() + 15) / 16 * 16;  // every parameter 16-byte aligned in the copy
+    op.offsets.push_back(uint32_t(off));
+    op.params.resize(off + sizes[i]);
+    std::memcpy(op.params.data() + off, args[i], sizes[i]);
+  }
+  if (count_ >= kSegmentOps) flush();
+}
+
+void GraphRecorder::copy(void* dst, const void* src, size_t bytes) {
+  Op& op = next();
+  op.isCopy = true;
+  op.func = nullptr;
+  op.dst = dst;
+  op.src = src;
+  op.bytes = bytes;
+  if (count_ >= kSegmentOps) flush();
+}
+
+cudaKernelNodeParams GraphRecorder::nodeParams(Op& op, std::vector<void*>& argv) {
+  argv.clear();
+  for (uint32_t off : op.offsets) argv.push_back(op.params.data() + off);
+  cudaKernelNodeParams p{};
+  p.func = const_cast<void*>(op.func);
+  p.gridDim = op.grid;
+  p.blockDim = op.block;
+  p.sharedMemBytes = unsigned(op.smem);
+  p.kernelParams = argv.data();
+  return p;
+}
+
+void GraphRecorder::destroy(Segment& s) noexcept {
+  if (s.exec) cudaGraphExecDestroy(s.exec);
+  if (s.graph) cudaGraphDestroy(s.graph);
+  s.exec = nullptr;
+  s.graph = nullptr;
+  s.nodes.clear();
+}
+
+void GraphRecorder::build(Segment& s) {
+  destroy(s);
+  s.ops.resize(count_);
+  for (size_t i = 0; i < count_; i++) std::swap(s.ops[i], ops_[i]);
+  ck(cudaGraphCreate(&s.graph, 0), "cudaGraphCreate");
+  cudaGraphNode_t prev = nullptr;
+  for (Op& op : s.ops) {
+    cudaGraphNode_t node = nullptr;
+    if (op.isCopy) {
+      ck(cudaGraphAddMemcpyNode1D(&node, s.graph, prev ? &prev : nullptr, prev ? 1 : 0, op.dst, op.src, op.bytes,
+                                  cudaMemcpyDeviceToDevice),
+         "cudaGraphAddMemcpyNode1D");
+    } else {
+      cudaKernelNodeParams p = nodeParams(op, argv_);
+      ck(cudaGraphAddKernelNode(&node, s.graph, prev ? &prev : nullptr, prev ? 1 : 0, &p), "cudaGraphAddKernelNode");
+    }
+    s.nodes.push_back(node);
+    prev = node;
+  }
+  ck(cudaGraphInstantiate(&s.exec, s.graph, 0), "cudaGraphInstantiate");
+  stats_.builds++;
+}
+
+void GraphRecorder::update(Segment& s) {
+  for (size_t i = 0; i < count_; i++) {
+    Op& now = ops_[i];
+    Op& was = s.ops[i];
+    if (now.isCopy) {
+      if (now.dst != was.dst || now.src != was.src || now.bytes != was.bytes) {
+        ck(cudaGraphExecMemcpyNodeSetParams1D(s.exec, s.nodes[i], now.dst, now.src, now.bytes,
+                                              cudaMemcpyDeviceToDevice),
+           "cudaGraphExecMemcpyNodeSetParams1D");
+        stats_.nodeUpdates++;
+      }
+    } else if (!sameDim(now.grid, was.grid) || !sameDim(now.block, was.block) || now.smem != was.smem ||
+               now.offsets != was.offsets || now.params != was.params) {
+      cudaKernelNodeParams p = nodeParams(now, argv_);
+      ck(cudaGraphExecKernelNodeSetParams(s.exec, s.nodes[i], &p), "cudaGraphExecKernelNodeSetParams");
+      stats_.nodeUpdates++;
+    }
+    std::swap(now, was);
+  }
+}
+
+void GraphRecorder::flush() {
+  if (!recording_ || count_ == 0) return;
+  if (segments_.size() <= segment_) segments_.resize(segment_ + 1);
+  Segment& s = segments_[segment_++];
+  bool same = s.exec && s.ops.size() == count_;
+  for (size_t i = 0; same && i < count_; i++)
+    same = ops_[i].isCopy == s.ops[i].isCopy && ops_[i].func == s.ops[i].func;
+  const size_t n = count_;
+  if (same) {
+    update(s);
+  } else {
+    build(s);
+  }
+  count_ = 0;
+  stats_.nodes += n;
+  stats_.launches++;
+  if (timed_ == events_.size()) {
+    std::pair<cudaEvent_t, cudaEvent_t> e{};
+    ck(cudaEventCreate(&e.first), "cudaEventCreate");
+    ck(cudaEventCreate(&e.second), "cudaEventCreate");
+    events_.push_back(e);
+  }
+  const auto& ev = events_[timed_++];
+  ck(cudaEventRecord(ev.first, stream_), "cudaEventRecord");
+  ck(cudaGraphLaunch(s.exec, stream_), "cudaGraphLaunch");
+  ck(cudaEventRecord(ev.second, stream_), "cudaEventRecord");
+}
+
+void GraphRecorder::end() {
+  if (!recording_) return;
+  setLaunchSink(nullptr);
+  // Launching directly again before the flush: a failure below must not leave the sink set.
+  try {
+    flush();
+  } catch (...) {
+    recording_ = false;
+    count_ = 0;
+    throw;
+  }
+  recording_ = false;
+  stats_.hostSeconds += now() - t0_;
+}
+
+void GraphRecorder::abort() noexcept {
+  if (!recording_) return;
+  setLaunchSink(nullptr);
+  recording_ = false;
+  count_ = 0;
+}
+
+}  // namespace doppler::cuda
