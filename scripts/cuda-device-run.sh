@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests and benchmarks on a GPU machine from prebuilt binaries (issue #8).
 # Usage (from the repository root there): scripts/cuda-device-run.sh BINDIR [STAGES]
-#   BINDIR holds doppler and doppler_tests built for /work/wt-cuda (their compiled-in paths); the tests' data and
-#   models are taken from this checkout through links. STAGES: any of info,tests,memcheck,bench,benchpaged
-#   (default all). Logs go to $OUT (or /tmp/cuda-out).
+#   BINDIR holds doppler, doppler_tests (and cuda_ops_bench) built in the checkout $DOPPLER_BUILT_IN (default
+#   /work/main: their compiled-in paths); the tests' data and models are taken from this checkout through links.
+#   STAGES: any of info,tests,memcheck,opsbench,bench,benchpaged (default all but opsbench). bench: resident decode
+#   with CUDA graphs and without (DOPPLER_CUDA_GRAPHS=0); benchpaged: 25 % of the experts on the GPU, hybrid
+#   execution and --no-hybrid. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
-OUTD=${OUT:-/tmp/cuda-out}; mkdir -p "$OUTD"
+OUTD=$(mktemp -d /tmp/cuda-logs.XXXX)  # every log; packed into $OUT/cuda-logs.tgz at the end
+trap 'tar -C "$OUTD" -czf "${OUT:-/tmp}/cuda-logs.tgz" . ; rm -rf "$OUTD"' EXIT
 ROOT=$PWD
-W=/work/wt-cuda
+W=${DOPPLER_BUILT_IN:-/work/main}
 if [ "$ROOT" != "$W" ]; then
-  mkdir -p $W/build
+  mkdir -p $W
   for d in tests models; do [ -e $W/$d ] || ln -s "$ROOT/$d" $W/$d; done
-  cp "$BIN/doppler" "$BIN/doppler_tests" $W/build/
-  [ -f "$BIN/cuda_ops_bench" ] && cp "$BIN/cuda_ops_bench" $W/build/
 fi
+mkdir -p $W/build
+cp "$BIN/doppler" "$BIN/doppler_tests" $W/build/
+[ -f "$BIN/cuda_ops_bench" ] && cp "$BIN/cuda_ops_bench" $W/build/
 [ -d "$BIN/lib" ] && export LD_LIBRARY_PATH="$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # e.g. libcpp-httplib
 cd $W
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -25,8 +29,8 @@ if has info; then
   build/doppler info --gpu
 fi
 if has tests; then
-  timeout 240 build/doppler_tests --gtest_filter="${GTEST_FILTER:-*Cuda*}" > "$OUTD/tests.log" 2>&1; echo "tests rc=$?"
-  grep -E "^\[  (FAILED|PASSED) |^\[cuda|FAILED \]|Failure|Expected|Which is|error" "$OUTD/tests.log" | head -100
+  timeout 300 build/doppler_tests --gtest_filter="${GTEST_FILTER:-*Cuda*}" > "$OUTD/tests.log" 2>&1; echo "tests rc=$?"
+  grep -E "^\[  (FAILED|PASSED) |^\[cuda|FAILED \]|Failure|Expected|Which is|error" "$OUTD/tests.log" | cut -c1-300 | head -80
 fi
 if has opsbench; then
   timeout 120 build/cuda_ops_bench 2>&1 | tee "$OUTD/ops-bench.log"
@@ -34,23 +38,30 @@ fi
 if has memcheck; then
   if command -v compute-sanitizer >/dev/null; then
     timeout 300 compute-sanitizer --tool memcheck --leak-check no build/doppler_tests \
-      --gtest_filter='CudaOps.*:*CudaParity.*/llama_row:*CudaParity.*/gpt_oss_row:*CudaParity.ResidentOnGpu/deepseek_v3_column:*CudaParity.ResidentOnGpu/qwen3_moe_row' \
+      --gtest_filter='CudaOps.*:*CudaParity.*/llama_row:*CudaParity.*/gpt_oss_row:*CudaParity.ResidentOnGpu/deepseek_v3_column:*CudaParity.*/qwen3_moe_row' \
       > "$OUTD/memcheck.log" 2>&1; echo "memcheck rc=$?"
     grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUTD/memcheck.log" | head -20
   else
     echo "compute-sanitizer: not on this machine"
   fi
 fi
-bench() {  # name args...
+bench() {  # name args... (BACKEND=cpu for the CPU backend)
   local name=$1; shift
-  timeout 150 build/doppler bench --backend cuda --cache-dir $CACHE "$@" > "$OUTD/bench-$name.log" 2>&1
-  echo "== bench $name rc=$? ($*)"; grep -vE "^doppler: (writing|measuring)" "$OUTD/bench-$name.log" | tail -30
+  timeout 150 env ${BENCH_ENV:-} build/doppler bench --backend ${BACKEND:-cuda} --cache-dir $CACHE "$@" \
+    > "$OUTD/bench-$name.log" 2>&1
+  echo "== bench $name rc=$? ($*)"
+  grep -E "^(decode|weight read|gpu|memory band|ratio|graphs|hybrid|stall|transfer|device |host |prefetch)" \
+    "$OUTD/bench-$name.log" | cut -c1-400
 }
-if has bench || has benchpaged; then
-  has bench && bench mixtral --synthetic mixtral-8x7b:4 -n 64 --stats
-  has benchpaged && bench mixtral-vram25 --synthetic mixtral-8x7b:4 -n 32 --vram 3700M --stats
-  rm -rf $CACHE
-  has bench && bench qwen3 --synthetic qwen3-30b-a3b:8 -n 64 --stats
-  has benchpaged && bench qwen3-vram25 --synthetic qwen3-30b-a3b:8 -n 32 --vram 4000M --stats
-  rm -rf $CACHE
+if has bench || has benchpaged || has benchcpu; then
+  for m in "mixtral mixtral-8x7b:4 3700M" "qwen3 qwen3-30b-a3b:8 4000M"; do
+    set -- $m
+    has bench && bench $1 --synthetic $2 -n 64 --stats
+    has bench && BENCH_ENV=DOPPLER_CUDA_GRAPHS=0 bench $1-nographs --synthetic $2 -n 64 --stats
+    has benchpaged && bench $1-vram25 --synthetic $2 -n 32 --vram $3 --stats
+    has benchpaged && bench $1-vram25-nohybrid --synthetic $2 -n 32 --vram $3 --no-hybrid --stats
+    has benchpaged && BENCH_ENV=DOPPLER_HYBRID_PREDICT=1 bench $1-vram25-predict --synthetic $2 -n 32 --vram $3 --stats
+    has benchcpu && BACKEND=cpu bench $1-cpu --synthetic $2 -n 8 --prompt-tokens 4 --stats
+    rm -rf $CACHE
+  done
 fi

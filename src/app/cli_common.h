@@ -22,6 +22,9 @@ inline void addTierOptions(CLI::App& sub, EngineOptions& o) {
       "--ram", [&o](const std::string& s) { o.ram = parseSize(s, "--ram"); },
       "Host-RAM budget for weights, e.g. 32G; the rest is read from disk on demand (default: usable RAM minus "
       "headroom)");
+  sub.add_flag("!--no-hybrid", o.hybrid,
+               "With --backend cuda and paged experts: copy every missed expert to the GPU instead of letting the CPU "
+               "compute some of them from host RAM (hybrid execution, the default)");
   sub.add_flag("--stats", o.printStats, "Print tier/prefetch/speed statistics on stderr after the command");
   sub.add_option("--stats-json", o.statsJson, "Write the statistics as JSON to PATH after the command");
 }

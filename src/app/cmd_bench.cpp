@@ -23,6 +23,7 @@ struct Opts {
   std::string model, synthetic;
   int64_t vocab = 0;
   int64_t promptTokens = 32, decodeTokens = 32;
+  std::string decodeInput = "random";
   EngineOptions engine;
 };
 
@@ -63,6 +64,11 @@ const bool kRegistered = registerCommand(
        sub.add_option("--prompt-tokens", o->promptTokens, "Random prompt tokens to prefill (default 32)")
            ->check(CLI::PositiveNumber);
        sub.add_option("-n,--decode-tokens", o->decodeTokens, "Tokens to decode (default 32)")->check(CLI::PositiveNumber);
+       sub.add_option("--decode-input", o->decodeInput,
+                      "What each decode step is fed: random (a random token, as llama-bench's tg does: the routing of a "
+                      "random-weight model then changes every step) or greedy (the previous step's argmax; a "
+                      "random-weight model soon repeats one token, and paged experts then always hit) (default random)")
+           ->check(CLI::IsMember({"random", "greedy"}));
        addEngineOptions(sub, o->engine);
        return [o] {
          std::string model = o->model;
@@ -100,7 +106,9 @@ const bool kRegistered = registerCommand(
          const double prefill = now() - t0;
          std::vector<double> steps;
          for (int64_t i = 0; i < o->decodeTokens; i++) {
-           int32_t tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+           const int32_t tok = o->decodeInput == "greedy"
+                                   ? int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin())
+                                   : int32_t(rng() % uint32_t(cfg.vocabSize));
            double s = now();
            engine->model().forward(&tok, 1, o->promptTokens + i, *kv, false, logits.data());
            steps.push_back(now() - s);
@@ -113,8 +121,8 @@ const bool kRegistered = registerCommand(
          std::printf("backend          %s, %d threads\n", engine->backend().name().c_str(), ThreadPool::global().size());
          std::printf("prefill          %lld tokens in %.3f s: %.1f tok/s\n", (long long)o->promptTokens, prefill,
                      double(o->promptTokens) / prefill);
-         std::printf("decode           %lld tokens, median %.2f ms/token: %.2f tok/s\n", (long long)o->decodeTokens,
-                     median * 1e3, 1.0 / median);
+         std::printf("decode           %lld tokens (%s input), median %.2f ms/token: %.2f tok/s\n",
+                     (long long)o->decodeTokens, o->decodeInput.c_str(), median * 1e3, 1.0 / median);
          std::printf("weights/token    %s\n", formatSize(perToken).c_str());
          std::printf("weight read      %.2f GB/s\n", gbs);
          std::printf("memory bandwidth %.2f GB/s (host RAM read, median of %d, %d threads)\n", bw.medianGBs, bw.runs,

@@ -34,6 +34,9 @@ struct EngineOptions {
   std::optional<uint64_t> vram;            // --vram: bytes of weights in the device tier
   std::optional<uint64_t> ram;             // --ram: bytes of weights in the host tier
   bool prefetch = true;                    // asynchronous loads of needed/predicted experts and the next layer
+  // Hybrid expert execution (issue #8, docs/tiers.md): on a GPU with paged experts, the host CPU computes some of
+  // the missed experts straight from host RAM while the GPU copies and runs the rest (--no-hybrid: copy all).
+  bool hybrid = true;
   bool printStats = false;                 // --stats: print the run statistics (stderr) after the command
   std::string statsJson;                   // --stats-json PATH: write them as JSON
   // The swarm tier (issue #6, docs/swarm.md): peers for a model served by the store (--peer, --no-origin, ...).
@@ -69,6 +72,7 @@ class Engine {
   std::string dir_;
   std::unique_ptr<RdrrModel> rdrr_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Backend> hostBackend_;     // hybrid execution: the CPU beside a GPU backend
   std::unique_ptr<WeightProvider> weights_;
   std::unique_ptr<Model> model_;
   EngineOptions opts_;

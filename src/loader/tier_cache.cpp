@@ -142,6 +142,7 @@ int TierCache::hostVictim(int u) const {
   for (int v : onHost_) {
     if (v == u) continue;
     const State& s = st_[size_t(v)];
+    if (s.hostPins > 0) continue;
     std::tuple<int, int, double> key{plan_.units[size_t(v)].kind == UnitKind::Dense ? 1 : 0, s.devReady ? 0 : 1,
                                      evictionValue(v)};
     if (best < 0 || key < bestKey) {
@@ -250,6 +251,39 @@ const uint8_t* TierCache::acquire(int u) {
   }
   s.pins++;
   return s.dev;
+}
+
+TierCache::Where TierCache::where(int u) const {
+  check(u >= 0 && size_t(u) < st_.size(), "tier cache: unit {} out of range", u);
+  std::lock_guard<std::mutex> lk(mu_);
+  const State& s = st_[size_t(u)];
+  if (plan_.resident[size_t(u)] || s.devReady) return Where::Device;
+  if (s.devLoading) return Where::Loading;
+  return onHost_.count(u) ? Where::Host : Where::Disk;
+}
+
+const uint8_t* TierCache::acquireHost(int u) {
+  check(u >= 0 && size_t(u) < st_.size(), "tier cache: unit {} out of range", u);
+  std::lock_guard<std::mutex> lk(mu_);
+  State& s = st_[size_t(u)];
+  if (plan_.resident[size_t(u)] || !onHost_.count(u)) return nullptr;
+  s.freq = value(u) + 1.0;
+  s.last = clock_;
+  s.uses++;
+  s.hostPins++;
+  stats_.host.hits++;
+  return s.host;
+}
+
+void TierCache::releaseHost(int u) {
+  std::lock_guard<std::mutex> lk(mu_);
+  State& s = st_[size_t(u)];
+  if (s.hostPins > 0) --s.hostPins;
+}
+
+double TierCache::heat(int u) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return value(u);
 }
 
 void TierCache::release(int u) {

@@ -73,6 +73,16 @@ class TierCache {
   // Returns its device bytes, valid until release().
   const uint8_t* acquire(int unit);
   void release(int unit);
+  // Where a paged unit is now (resident units: Device).
+  enum class Where { Device, Loading, Host, Disk };  // Loading: on its way to the device tier
+  Where where(int unit) const;
+  // Hybrid execution (the host CPU computes with the unit from host RAM): pins the unit's host-tier copy (it is
+  // not evicted from host RAM until releaseHost) and returns it; nullptr when the unit has no complete host copy.
+  // Never loads or waits. Counts as a use of the unit (its eviction value) and as a host-tier hit.
+  const uint8_t* acquireHost(int unit);
+  void releaseHost(int unit);
+  // The eviction value of a unit now (decayed use count; higher is hotter).
+  double heat(int unit) const;
   // Queues loads for `layer`'s units. Needed: goes before queued predictions, in this order; Predicted:
   // appended, dropped rather than evicting something more valuable.
   void prefetch(std::span<const int> units, PrefetchHint hint, int layer);
@@ -94,6 +104,7 @@ class TierCache {
     uint8_t* host = nullptr;
     bool devReady = false, devLoading = false;
     int pins = 0;
+    int hostPins = 0;          // hybrid execution reading the host copy (never evicted from host RAM meanwhile)
     int waiters = 0;           // compute threads waiting for it (never evicted meanwhile)
     bool prefetched = false;   // loaded by a prefetch and not used yet
     int64_t prefetchStep = 0;  // the step it was fetched for

@@ -69,8 +69,12 @@ ExpertLease TieredWeights::acquireExpert(int layer, int expert) {
   const int ui = expertUnit(layer, expert);
   cache_->advance(layer);
   const uint8_t* base = cache_->acquire(ui);
+  return leaseOf(ui, base, WeightPin([c = cache_.get(), ui] { c->release(ui); }));
+}
+
+ExpertLease TieredWeights::leaseOf(int ui, const uint8_t* base, WeightPin pin) const {
   ExpertLease e;
-  e.pin = WeightPin([c = cache_.get(), ui] { c->release(ui); });
+  e.pin = std::move(pin);
   const Unit& u = plan_.units[size_t(ui)];
   const auto& t = expertTensors_[size_t(ui)];  // found once at construction (names are not formatted per use)
   WeightView* views[6] = {&e.gate, &e.up, &e.down, &e.gateBias, &e.upBias, &e.downBias};
@@ -86,17 +90,97 @@ void TieredWeights::loadAllExperts() {
   allExpertsLoaded_ = true;
 }
 
+void TieredWeights::scorePrediction(int layer, std::span<const int64_t> experts) {
+  cache_->advance(layer);
+  if (hasPrediction_[size_t(layer)]) {
+    uint64_t correct = 0;
+    for (int64_t e : experts) correct += predicted_[size_t(layer)].count(e);
+    cache_->recordPrediction(predicted_[size_t(layer)].size(), correct, experts.size());
+    hasPrediction_[size_t(layer)] = false;
+    predicted_[size_t(layer)].clear();
+  }
+}
+
+ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> experts) {
+  if (!opts_.hybrid || allExpertsLoaded_ || layer < 0 || layer >= plan_.numLayers)
+    return WeightProvider::splitExperts(layer, experts);
+  scorePrediction(layer, experts);
+  ExpertSplit out;
+  std::vector<int64_t> loading, disk;
+  std::vector<std::pair<double, int64_t>> inHost;  // (heat, expert)
+  double pending = 0;                              // bytes already queued for the link
+  for (int64_t e : experts) {
+    const int ui = expertUnit(layer, int(e));
+    switch (cache_->where(ui)) {
+      case TierCache::Where::Device: out.device.push_back(e); break;
+      case TierCache::Where::Loading: loading.push_back(e); pending += double(plan_.units[size_t(ui)].bytes); break;
+      case TierCache::Where::Host: inHost.emplace_back(cache_->heat(ui), e); break;
+      case TierCache::Where::Disk: disk.push_back(e); pending += double(plan_.units[size_t(ui)].bytes); break;
+    }
+  }
+  out.deviceReady = out.device.size();
+  // Rates: host-to-device from the loader's copies so far (25 GB/s before the first), the CPU's from its expert
+  // computations so far; until the CPU is measured, twice the link's, so that it gets experts and is measured.
+  const TierCacheStats cs = cache_->stats();
+  const double link = cs.copySeconds > 0 && cs.copyBytes > 0 ? double(cs.copyBytes) / cs.copySeconds : 25e9;
+  double cpu;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    cpu = hybrid_.hostRate > 0 ? hybrid_.hostRate : 2 * link;
+  }
+  // Hottest first to the device (they are likely to be used again there); each expert goes to the side that
+  // would finish it sooner.
+  std::stable_sort(inHost.begin(), inHost.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  double tLink = pending / link, tCpu = 0;
+  std::vector<int64_t> copies;
+  for (const auto& [heat, e] : inHost) {
+    const int ui = expertUnit(layer, int(e));
+    const double b = double(plan_.units[size_t(ui)].bytes);
+    if (tLink + b / link <= tCpu + b / cpu) {
+      copies.push_back(e);
+      tLink += b / link;
+      continue;
+    }
+    const uint8_t* base = cache_->acquireHost(ui);
+    if (!base) {  // evicted from host RAM meanwhile: load it
+      disk.push_back(e);
+      continue;
+    }
+    out.host.push_back(e);
+    out.hostLeases.push_back(leaseOf(ui, base, WeightPin([c = cache_.get(), ui] { c->releaseHost(ui); })));
+    tCpu += b / cpu;
+  }
+  for (auto* v : {&loading, &copies, &disk}) out.device.insert(out.device.end(), v->begin(), v->end());
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    hybrid_.copiedExperts += copies.size();
+    hybrid_.diskExperts += disk.size();
+  }
+  if (opts_.prefetch && out.device.size() > out.deviceReady) {
+    std::vector<int> units;
+    for (size_t i = out.deviceReady; i < out.device.size(); i++)
+      units.push_back(expertUnit(layer, int(out.device[i])));
+    cache_->prefetch(units, PrefetchHint::Needed, layer);
+  }
+  return out;
+}
+
+void TieredWeights::reportHostCompute(uint64_t experts, uint64_t bytes, double seconds) {
+  std::lock_guard<std::mutex> lk(mu_);
+  hybrid_.hostExperts += experts;
+  hybrid_.hostBytes += bytes;
+  hybrid_.hostSeconds += seconds;
+  // The first computation pays for warm-up (threads, first touches): not a rate.
+  if (seconds > 0 && bytes > 0 && hybrid_.hostCalls++ > 0) {
+    const double r = double(bytes) / seconds;
+    hybrid_.hostRate = hybrid_.hostRate > 0 ? 0.7 * hybrid_.hostRate + 0.3 * r : r;
+  }
+}
+
 void TieredWeights::prefetchExperts(int layer, std::span<const int64_t> experts, PrefetchHint hint) {
   if (layer < 0 || layer >= plan_.numLayers) return;
   if (hint == PrefetchHint::Needed) {
-    cache_->advance(layer);
-    if (hasPrediction_[size_t(layer)]) {
-      uint64_t correct = 0;
-      for (int64_t e : experts) correct += predicted_[size_t(layer)].count(e);
-      cache_->recordPrediction(predicted_[size_t(layer)].size(), correct, experts.size());
-      hasPrediction_[size_t(layer)] = false;
-      predicted_[size_t(layer)].clear();
-    }
+    scorePrediction(layer, experts);
   } else {
     predicted_[size_t(layer)] = std::set<int64_t>(experts.begin(), experts.end());
     hasPrediction_[size_t(layer)] = true;
@@ -144,6 +228,15 @@ nlohmann::json TieredWeights::stats() const {
                    {"host_to_device_gb_per_s", gbps(s.copyBytes, s.copySeconds)},
                    {"disk_read_seconds", s.readSeconds},
                    {"disk_read_gb_per_s", gbps(s.readBytes, s.readSeconds)}};
+  if (opts_.hybrid) {
+    std::lock_guard<std::mutex> lk(mu_);
+    j["hybrid"] = {{"host_experts", hybrid_.hostExperts},
+                   {"host_bytes", hybrid_.hostBytes},
+                   {"host_seconds", hybrid_.hostSeconds},
+                   {"host_gb_per_s", gbps(hybrid_.hostBytes, hybrid_.hostSeconds)},
+                   {"copied_experts", hybrid_.copiedExperts},
+                   {"disk_experts", hybrid_.diskExperts}};
+  }
   j["placement"] = {{"dense", plan_.denseStreamed ? "streamed" : "resident"},
                     {"resident_bytes", plan_.residentBytes},
                     {"device_minimum_bytes", plan_.deviceMinimum},

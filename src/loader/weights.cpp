@@ -19,6 +19,13 @@ ExpertLease WeightProvider::acquireExpert(int layer, int expert) {
   return e;
 }
 
+ExpertSplit WeightProvider::splitExperts(int layer, std::span<const int64_t> experts) {
+  prefetchExperts(layer, experts, PrefetchHint::Needed);
+  ExpertSplit s;
+  s.device.assign(experts.begin(), experts.end());
+  return s;
+}
+
 LayerLease::~LayerLease() {
   unbind();
   pin_.reset();

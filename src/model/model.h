@@ -23,6 +23,9 @@ class Model {
   // logits: [allLogits ? n : 1, vocab] (host memory), the last token's row when !allLogits.
   virtual void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits,
                        float* logits) = 0;
+  // Hybrid execution (GPU backends with paged experts): a backend that computes on host memory with the host CPU,
+  // for the experts the weight provider gives to the host (WeightProvider::splitExperts). nullptr: none.
+  virtual void setHostBackend(Backend* host) {}
 };
 
 // Throws Error for an architecture the engine cannot run yet, naming it.

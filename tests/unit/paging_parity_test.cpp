@@ -9,6 +9,9 @@
 #include "convert/convert.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/eval.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
 #include "loader/placement.h"
 #include "loader/tiered_weights.h"
 #include "test_util.h"
@@ -128,6 +131,49 @@ TEST_P(PagedMoe, BitIdenticalToResidentWithTightBudgets) {
       EXPECT_EQ(st["prefetch"]["issued"].get<uint64_t>(), 0u);
     }
   }
+}
+
+// Hybrid execution (issue #8): the provider gives some of the missed experts in host RAM to a host backend, which
+// computes them while the device runs the rest. Here both are CPU backends (the GPU test runs it on the H200):
+// the split, the host pins and the decoder's hybrid path are the same code. Sums are taken in another order than
+// the one-backend path, so the logits agree to rounding, not bit for bit.
+TEST_P(PagedMoe, HybridSplitKeepsParity) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, GetParam());
+  const TierPlan p = sizesOf(dir).plan;
+  auto resident = openEngine(dir, std::nullopt, std::nullopt);
+  const int64_t V = resident->config().vocabSize;
+  const auto ids = someIds(V, 24, 7);
+  const auto want = runSequence(*resident, ids, 12);
+
+  auto rdrr = RdrrModel::open(dir);
+  auto device = makeCpuBackend(), host = makeCpuBackend();
+  TieredOptions to;
+  to.deviceBudget = p.deviceMinimumResident - uint64_t(p.topK) * p.maxExpertBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes;
+  to.hostBudget = p.expertTotalBytes;  // every expert fits in host RAM after its first read
+  to.hybrid = true;
+  TieredWeights w(*rdrr, *device, to);
+  auto model = createModel(rdrr->config(), w, *device);
+  model->setHostBackend(host.get());
+  const int64_t N = int64_t(ids.size()), P = 12;
+  auto kv = makePagedKVCache(*device, model->kvShapes(), N, PagedKVOptions{});
+  std::vector<float> all(static_cast<size_t>(N * V)), one(static_cast<size_t>(V));
+  model->forward(ids.data(), P, 0, *kv, true, all.data());
+  for (int64_t i = P; i < N; i++) {
+    model->forward(&ids[size_t(i)], 1, i, *kv, false, one.data());
+    std::memcpy(all.data() + i * V, one.data(), size_t(V) * 4);
+  }
+  for (int64_t r = 0; r < N; r++)
+    EXPECT_LT(relativeError(all.data() + r * V, want.data() + r * V, V), 1e-5) << "row " << r;
+  const nlohmann::json st = w.stats();
+  ASSERT_TRUE(st.contains("hybrid")) << st.dump();
+  const auto& h = st["hybrid"];
+  EXPECT_GT(h["host_experts"].get<uint64_t>(), 0u) << h.dump();   // the host CPU computed some misses
+  EXPECT_GT(st["tiers"]["device"]["hits"].get<uint64_t>(), 0u);     // and the device ran others
+  EXPECT_GT(h["host_bytes"].get<uint64_t>(), h["host_experts"].get<uint64_t>() * p.maxExpertBytes / 2) << h.dump();
+  EXPECT_GT(h["host_seconds"].get<double>(), 0.0);
+  for (const char* t : {"device", "host"})
+    EXPECT_LE(st["tiers"][t]["peak_bytes"].get<uint64_t>(), st["tiers"][t]["budget_bytes"].get<uint64_t>()) << t;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PagedMoe, ::testing::Values("mixtral", "qwen3_moe"));
