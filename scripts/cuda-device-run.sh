@@ -5,7 +5,8 @@
 #   /work/main: their compiled-in paths); the tests' data and models are taken from this checkout through links.
 #   STAGES: any of info,tests,memcheck,opsbench,bench,benchpaged (default all but opsbench). bench: resident decode
 #   with CUDA graphs and without (DOPPLER_CUDA_GRAPHS=0); benchpaged: 25 % of the experts on the GPU, hybrid
-#   execution and --no-hybrid. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
+#   execution, --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier
+#   warm); benchcpu: the CPU backend. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
 OUTD=$(mktemp -d /tmp/cuda-logs.XXXX)  # every log; packed into $OUT/cuda-logs.tgz at the end
@@ -53,7 +54,7 @@ bench() {  # name args... (BACKEND=cpu for the CPU backend)
   grep -E "^(decode|weight read|gpu|memory band|ratio|graphs|hybrid|stall|transfer|device |host |prefetch)" \
     "$OUTD/bench-$name.log" | cut -c1-400
 }
-if has bench || has benchpaged || has benchcpu; then
+if has bench || has benchpaged || has benchwarm || has benchcpu; then
   for m in "mixtral mixtral-8x7b:4 3700M" "qwen3 qwen3-30b-a3b:8 4000M"; do
     set -- $m
     has bench && bench $1 --synthetic $2 -n 64 --stats
@@ -61,6 +62,9 @@ if has bench || has benchpaged || has benchcpu; then
     has benchpaged && bench $1-vram25 --synthetic $2 -n 32 --vram $3 --stats
     has benchpaged && bench $1-vram25-nohybrid --synthetic $2 -n 32 --vram $3 --no-hybrid --stats
     has benchpaged && BENCH_ENV=DOPPLER_HYBRID_PREDICT=1 bench $1-vram25-predict --synthetic $2 -n 32 --vram $3 --stats
+    # warm host tier: a 256-token prefill reads (nearly) every expert into host RAM before the timed decode
+    has benchwarm && bench $1-vram25-warm --synthetic $2 -n 64 --prompt-tokens 256 --vram $3 --stats
+    has benchwarm && bench $1-vram25-warm-nohybrid --synthetic $2 -n 64 --prompt-tokens 256 --vram $3 --no-hybrid --stats
     has benchcpu && BACKEND=cpu bench $1-cpu --synthetic $2 -n 8 --prompt-tokens 4 --stats
     rm -rf $CACHE
   done

@@ -65,7 +65,7 @@ void GraphRecorder::kernel(const void* func, dim3 grid, dim3 block, size_t smem,
     op.params.resize(off + sizes[i]);
     std::memcpy(op.params.data() + off, args[i], sizes[i]);
   }
-  if (count_ >= kSegmentOps) flush();
+  if (count_ >= segmentOps()) flush();
 }
 
 void GraphRecorder::copy(void* dst, const void* src, size_t bytes) {
@@ -75,7 +75,7 @@ void GraphRecorder::copy(void* dst, const void* src, size_t bytes) {
   op.dst = dst;
   op.src = src;
   op.bytes = bytes;
-  if (count_ >= kSegmentOps) flush();
+  if (count_ >= segmentOps()) flush();
 }
 
 cudaKernelNodeParams GraphRecorder::nodeParams(Op& op, std::vector<void*>& argv) {

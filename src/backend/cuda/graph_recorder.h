@@ -5,8 +5,9 @@
 // later steps compare each op with the one recorded before and update only the nodes whose arguments changed
 // (positions, KV blocks, scratch addresses), which costs microseconds, and rebuild only when the sequence of
 // kernels differs. The graph is a chain in issue order, so results are bit-identical to launching one by one.
-// A segment is also closed after kSegmentOps ops, so the GPU starts on the first part of a step while the host
-// still records the rest (the boundaries depend on the op count only, so every step splits the same way).
+// A segment is also closed after segmentOps() ops (8 for a step's first segment, doubling up to 64), so the GPU
+// starts on the first part of a step while the host still records the rest (the boundaries depend on the op
+// count only, so every step splits the same way).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -36,7 +37,7 @@ class GraphRecorder final : public LaunchSink {
 
   void begin();  // the calling thread's launches are recorded from now on (segment 0 of a step)
   bool recording() const { return recording_; }
-  static constexpr size_t kSegmentOps = 32;
+  size_t segmentOps() const { return segment_ >= 3 ? 64 : size_t(8) << segment_; }
   void kernel(const void* func, dim3 grid, dim3 block, size_t smem, void** args, const size_t* sizes,
               int count) override;
   void copy(void* dst, const void* src, size_t bytes);  // device to device, recorded
