@@ -90,6 +90,17 @@ class Backend {
   // In place on x: [n, heads, headDim], token i at position positions[i].
   virtual void rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions,
                     const RopeParams& p) = 0;
+  // q [n, qHeads, headDim] and k [n, kHeads, headDim] in place: each head RMS-normalised with qNorm / kNorm
+  // [headDim] when they are given (qwen3's q/k norm; both or neither), then rope at positions[i]. Default: rmsNorm
+  // and rope one after another; the CUDA backend does it in one launch.
+  virtual void qkNormRope(float* q, float* k, int64_t n, int64_t qHeads, int64_t kHeads, int64_t headDim,
+                          const float* qNorm, const float* kNorm, float eps, const int64_t* positions,
+                          const RopeParams& p) {
+    if (qNorm) rmsNorm(q, n * qHeads, headDim, qNorm, eps, q);
+    if (kNorm) rmsNorm(k, n * kHeads, headDim, kNorm, eps, k);
+    rope(q, n, qHeads, headDim, positions, p);
+    rope(k, n, kHeads, headDim, positions, p);
+  }
   // Causal attention of n queries q [n, numHeads, headDim] at positions[i] over cached chunks (which already
   // hold these tokens). out: [n, numHeads, vDim].
   virtual void attention(const float* q, int64_t n, const int64_t* positions, const KVChunk* chunks,

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <thread>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -80,7 +81,13 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
         plan.residentBytes + plan.expertTotalBytes + (plan.expertTotalBytes >> 4) <= b.device) {
       t->loadAllExperts();
     }
-    if (to.hybrid && !t->allResident()) e->hostBackend_ = makeCpuBackend();
+    if (to.hybrid && !t->allResident()) {
+      // The CPU's share of the experts runs on every core but one: the loader thread (which waits for its
+      // copies) keeps a core, so that no expert task waits behind it (an expert computation lasts as long as
+      // its slowest task). Only before the pool's first use; --threads overrides.
+      if (opts.threads <= 0) ThreadPool::setGlobalThreads(std::max(1, int(std::thread::hardware_concurrency()) - 1));
+      e->hostBackend_ = makeCpuBackend();
+    }
     e->tiered_ = t.get();
     e->weights_ = std::move(t);
   } else {

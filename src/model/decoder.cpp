@@ -155,13 +155,9 @@ void DecoderModel::attentionBlock(int l, const AttentionWeights& w, Activations&
   const Backend::MatmulOut qkv[3] = {{w.q, w.qBias.ptr(), q.data()}, {w.k, w.kBias.ptr(), k.data()},
                                      {w.v, w.vBias.ptr(), v.data()}};
   backend_.matmulMany(a.h.data(), n, qkv, 3);
-  if (w.qNorm.ptr()) {
-    backend_.rmsNorm(q.data(), n * H, D, w.qNorm.ptr(), float(cfg_.normEps), q.data());
-    backend_.rmsNorm(k.data(), n * KVH, D, w.kNorm.ptr(), float(cfg_.normEps), k.data());
-  }
   RopeParams rp{rope_.invFreq.data(), rope_.rotDim, rope_.attentionScale, cfg_.ropeInterleave};
-  backend_.rope(q.data(), n, H, D, a.positions.data(), rp);
-  backend_.rope(k.data(), n, KVH, D, a.positions.data(), rp);
+  backend_.qkNormRope(q.data(), k.data(), n, H, KVH, D, w.qNorm.ptr(), w.kNorm.ptr(), float(cfg_.normEps),
+                      a.positions.data(), rp);
   kv.write(l, a.positions[0], n, k.data(), v.data());
   std::vector<KVChunk> chunks;
   kv.chunks(l, a.positions[0] + n, chunks);

@@ -243,6 +243,30 @@ TEST_F(CudaOps, RopeVariants) {
   }
 }
 
+// q/k norm + rope in one launch (Backend::qkNormRope) against the CPU's rmsNorm then rope.
+TEST_F(CudaOps, QkNormRopeMatchesCpu) {
+  struct Case { int64_t qHeads, kHeads, headDim, rotDim, n; bool norm, interleaved; };
+  for (Case c : {Case{8, 2, 128, 128, 1, true, false}, Case{4, 4, 64, 32, 3, true, true},
+                 Case{6, 2, 96, 64, 1, false, false}, Case{4, 1, 128, 128, 40, true, false}}) {
+    const uint32_t seed = nextSeed();
+    auto q = randn(size_t(c.n * c.qHeads * c.headDim), seed, 2.0f), k = randn(size_t(c.n * c.kHeads * c.headDim), seed + 1);
+    auto qw = randn(size_t(c.headDim), seed + 2), kw = randn(size_t(c.headDim), seed + 3);
+    std::vector<float> inv(size_t(c.rotDim / 2));
+    for (size_t j = 0; j < inv.size(); j++) inv[j] = 1.0f / std::pow(10000.0f, float(2 * j) / float(c.rotDim));
+    std::vector<int64_t> pos(static_cast<size_t>(c.n));
+    for (int64_t i = 0; i < c.n; i++) pos[size_t(i)] = 500 + 11 * i;
+    RopeParams rp{inv.data(), c.rotDim, 1.0f, c.interleaved};
+    auto qr = q, kr = k;
+    cpu->qkNormRope(qr.data(), kr.data(), c.n, c.qHeads, c.kHeads, c.headDim, c.norm ? qw.data() : nullptr,
+                    c.norm ? kw.data() : nullptr, 1e-6f, pos.data(), rp);
+    float *qd = up(q), *kd = up(k);
+    gpu->qkNormRope(qd, kd, c.n, c.qHeads, c.kHeads, c.headDim, c.norm ? up(qw) : nullptr, c.norm ? up(kw) : nullptr,
+                    1e-6f, pos.data(), rp);
+    EXPECT_LT(relErr(down(qd, q.size()), qr), kTol) << "q heads " << c.qHeads << " n " << c.n << " seed " << seed;
+    EXPECT_LT(relErr(down(kd, k.size()), kr), kTol) << "k heads " << c.kHeads << " n " << c.n << " seed " << seed;
+  }
+}
+
 TEST_F(CudaOps, AttentionChunksGqaWindowsSinks) {
   struct Case { int64_t H, KVH, D, VD, T, n; };
   for (Case c : {Case{4, 2, 16, 8, 37, 3}, Case{8, 1, 64, 64, 200, 1}, Case{6, 6, 24, 24, 50, 50},

@@ -374,11 +374,11 @@ class CudaBackend final : public Backend {
     ck(cuda::layerNorm(x, rows, dim, w, b, eps, y, stream_), "layerNorm");
   }
 
-  void rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions,
-            const RopeParams& p) override {
+  // Positions and inverse frequencies for the rope kernels: in the kernel's parameters when they fit, else uploaded.
+  cuda::RopeArgs ropeArgs(int64_t n, const int64_t* positions, const RopeParams& p) {
     const int64_t half = p.rotDim / 2;
     cuda::RopeArgs r{};
-    if (n <= cuda::kInlinePos && half <= cuda::kInlineInv) {  // in the kernel's parameters
+    if (n <= cuda::kInlinePos && half <= cuda::kInlineInv) {
       r.inl = true;
       std::memcpy(r.posInl, positions, size_t(n) * sizeof(int64_t));
       std::memcpy(r.invInl, p.invFreq, size_t(half) * sizeof(float));
@@ -390,7 +390,23 @@ class CudaBackend final : public Backend {
       r.pos = reinterpret_cast<const int64_t*>(base + oPos);
       r.inv = reinterpret_cast<const float*>(base + oInv);
     }
+    return r;
+  }
+
+  void rope(float* x, int64_t n, int64_t heads, int64_t headDim, const int64_t* positions,
+            const RopeParams& p) override {
+    const cuda::RopeArgs r = ropeArgs(n, positions, p);
     ck(cuda::rope(x, n, heads, headDim, r, p.rotDim, p.attentionScale, p.interleaved, stream_), "rope");
+  }
+
+  void qkNormRope(float* q, float* k, int64_t n, int64_t qHeads, int64_t kHeads, int64_t headDim, const float* qNorm,
+                  const float* kNorm, float eps, const int64_t* positions, const RopeParams& p) override {
+    if (headDim > 4096 || p.rotDim > headDim || bool(qNorm) != bool(kNorm))
+      return Backend::qkNormRope(q, k, n, qHeads, kHeads, headDim, qNorm, kNorm, eps, positions, p);
+    const cuda::RopeArgs r = ropeArgs(n, positions, p);
+    ck(cuda::qkNormRope(q, k, n, qHeads, kHeads, headDim, qNorm, kNorm, eps, r, p.rotDim, p.attentionScale,
+                        p.interleaved, stream_),
+       "qkNormRope");
   }
 
   void attention(const float* q, int64_t n, const int64_t* positions, const KVChunk* chunks, int64_t numChunks,

@@ -352,6 +352,44 @@ __global__ void ropeKernel(float* x, int64_t n, int64_t heads, int64_t headDim, 
   v[b] = x1 * c + x0 * s;
 }
 
+// q/k RMSNorm per head (when qNorm) and rope, fused: grid (qHeads + kHeads, n), one block per head of one token.
+// The head is normalised into shared memory, then each rotated pair is read from there and written back (the
+// same arithmetic as rmsNormKernel followed by ropeKernel).
+__global__ void qkNormRopeKernel(float* q, float* k, int64_t qHeads, int64_t kHeads, int64_t headDim,
+                                 const float* qNorm, const float* kNorm, float eps,
+                                 const __grid_constant__ RopeArgs r, int64_t half, float scale, bool interleaved) {
+  extern __shared__ float hv[];  // [headDim]
+  __shared__ float red[32];
+  const int64_t i = blockIdx.y, hh = blockIdx.x;
+  const bool isQ = hh < qHeads;
+  float* v = isQ ? q + (i * qHeads + hh) * headDim : k + (i * kHeads + (hh - qHeads)) * headDim;
+  const float* w = isQ ? qNorm : kNorm;
+  float inv = 1.0f;
+  if (w) {
+    float ss = 0.0f;
+    for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x) ss += v[d] * v[d];
+    ss = blockSum(ss, red);
+    inv = 1.0f / sqrtf(ss / float(headDim) + eps);
+  }
+  for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x) hv[d] = w ? (v[d] * inv) * w[d] : v[d];
+  __syncthreads();
+  const int64_t* positions = r.inl ? r.posInl : r.pos;
+  const float* invFreq = r.inl ? r.invInl : r.inv;
+  for (int64_t d = threadIdx.x; d < headDim; d += blockDim.x) {
+    if (d >= 2 * half) {  // past the rotated dims: the normalised value
+      v[d] = hv[d];
+      continue;
+    }
+    // d is element a or b of pair j
+    const int64_t j = interleaved ? d / 2 : (d < half ? d : d - half);
+    const bool first = interleaved ? d % 2 == 0 : d < half;
+    const int64_t a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
+    const float ang = invFreq[j] * float(positions[i]);
+    const float c = cosf(ang) * scale, s = sinf(ang) * scale;
+    v[d] = first ? hv[a] * c - hv[b] * s : hv[b] * c + hv[a] * s;
+  }
+}
+
 constexpr int kAttnWarps = 16;  // keys split over 16 warps: decode has one block per head only
 
 // One block per (head, query): each warp runs an online softmax over every 16th key, then the warps merge.
@@ -715,6 +753,16 @@ cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const Rope
   if (total <= 0) return cudaSuccess;
   launch(ropeKernel, blocksFor(total, 256), 256, 0, s, x, n, heads, headDim, r, half, attentionScale,
                                                     interleaved);
+  return cudaGetLastError();
+}
+
+cudaError_t qkNormRope(float* q, float* k, int64_t n, int64_t qHeads, int64_t kHeads, int64_t headDim,
+                       const float* qNorm, const float* kNorm, float eps, const RopeArgs& r, int64_t rotDim,
+                       float attentionScale, bool interleaved, cudaStream_t s) {
+  if (n <= 0 || qHeads + kHeads <= 0) return cudaSuccess;
+  const unsigned threads = unsigned(std::min<int64_t>(1024, std::max<int64_t>(32, (headDim + 31) / 32 * 32)));
+  launch(qkNormRopeKernel, dim3(unsigned(qHeads + kHeads), unsigned(n)), threads, size_t(headDim) * sizeof(float),
+         s, q, k, qHeads, kHeads, headDim, qNorm, kNorm, eps, r, rotDim / 2, attentionScale, interleaved);
   return cudaGetLastError();
 }
 

@@ -77,6 +77,12 @@ struct RopeArgs {
 cudaError_t rope(float* x, int64_t n, int64_t heads, int64_t headDim, const RopeArgs& r, int64_t rotDim,
                  float attentionScale, bool interleaved, cudaStream_t s);
 
+// rope on q [n, qHeads, headDim] and k [n, kHeads, headDim], each head first RMS-normalised with qNorm / kNorm
+// [headDim] when they are given (qwen3's q/k norm): one launch.
+cudaError_t qkNormRope(float* q, float* k, int64_t n, int64_t qHeads, int64_t kHeads, int64_t headDim,
+                       const float* qNorm, const float* kNorm, float eps, const RopeArgs& r, int64_t rotDim,
+                       float attentionScale, bool interleaved, cudaStream_t s);
+
 struct DevChunk {
   int64_t t0, t1;
   const float* k;
