@@ -24,6 +24,13 @@ int runMain(int argc, char** argv) {
   CLI::App app{"doppler: run LLMs far larger than the GPU by paging MoE experts across memory tiers\n"
                "(GPU VRAM <-> host RAM <-> disk cache <-> peers)."};
   app.set_version_flag("--version", std::string("doppler ") + DOPPLER_VERSION);
+  app.footer(
+      "Environment:\n"
+      "  DOPPLER_CACHE           cache directory (else $XDG_CACHE_HOME/doppler, else ~/.cache/doppler)\n"
+      "  DOPPLER_CUDA_GRAPHS=0   --backend cuda: launch each op of a decode step instead of replaying the step as\n"
+      "                          a CUDA graph\n"
+      "  DOPPLER_HYBRID_PREDICT=1  --backend cuda with paged experts: also copy predicted experts ahead in hybrid\n"
+      "                          execution (off by default: docs/tiers.md)");
   app.require_subcommand(1);
   auto cmds = registry();
   std::sort(cmds.begin(), cmds.end(), [](const Command& a, const Command& b) { return a.order < b.order; });
