@@ -13,6 +13,7 @@
 #include "engine/eval.h"
 #include "kv/kv_cache.h"
 #include "loader/placement.h"
+#include "loader/tiered_weights.h"
 #include "model/rope.h"
 #include "model/routing.h"
 #include "parity_case.h"
@@ -45,16 +46,12 @@ class ArchParity : public ::testing::TestWithParam<ParityCase> {};
 // sliding window; phimoe: past original_max_position_embeddings = 64, so the long rope factors), against
 // transformers' float32 logits.
 TEST_P(ArchParity, EvalWithinTolerance) {
-  const auto& pc = GetParam();
   TempDir tmp;
-  auto engine = openConverted(test::dataPath("hf/" + pc.arch), tmp / "m.rdrr", pc.layout);
-  EvalReport r = runEval(engine->model(), test::dataPath("hf/" + pc.arch + "/reference.safetensors"),
-                         [&](int64_t cap) { return engine->newKVCache(cap); });
-  EXPECT_GT(r.decode.rows, 50);
-  EXPECT_EQ(r.longCtx.rows, 160);
-  EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
-  EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
-  EXPECT_EQ(r.decode.argmaxAgree, r.decode.rows);
+  EngineOptions eo;
+  eo.quiet = true;
+  auto engine = Engine::open(test::convertParityCase(GetParam(), tmp.path()), eo);
+  const EvalReport r = test::evalParityCase(*engine, GetParam());
+  test::expectParity(r, 50);
   RecordProperty("decode_worst", std::to_string(r.decode.worstError));
   RecordProperty("long_worst", std::to_string(r.longCtx.worstError));
 }
@@ -70,25 +67,14 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ArchParity,
 // experts in host RAM (the rest read from disk on use), and a device KV budget of 32 tokens (f32, the rest
 // spilled to host RAM). Same 1e-4 bound; the paging and spill counters show both really happened.
 TEST_P(ArchParity, EvalWithTightTiersAndSpilledKV) {
-  const auto& pc = GetParam();
   TempDir tmp;
-  openConverted(test::dataPath("hf/" + pc.arch), tmp / "m.rdrr", pc.layout);
-  auto rdrr = RdrrModel::open(tmp / "m.rdrr");
-  const TierPlan p = planTiers(*rdrr, uint64_t(1) << 50, uint64_t(1) << 50, false);
-  ASSERT_GT(p.expertCount, 0u);
+  const std::string m = test::convertParityCase(GetParam(), tmp.path());
   EngineOptions eo;
   eo.quiet = true;
-  eo.vram = p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes;
-  eo.ram = p.expertTotalBytes / 2;
-  {
-    EngineOptions plain;
-    plain.quiet = true;
-    auto probe = Engine::open(tmp / "m.rdrr", plain);
-    eo.kvVram = uint64_t(32 * kvBytesPerToken(probe->model().kvShapes(), KVDType::F32, 16));
-  }
-  auto engine = Engine::open(tmp / "m.rdrr", eo);
-  EvalReport r = runEval(engine->model(), test::dataPath("hf/" + pc.arch + "/reference.safetensors"),
-                         [&](int64_t cap) { return engine->newKVCache(cap); });
+  auto engine = Engine::open(m, test::tightTierOptions(m, eo));
+  ASSERT_NE(engine->tiers(), nullptr);
+  ASSERT_GT(engine->tiers()->plan().expertCount, 0u);
+  const EvalReport r = test::evalParityCase(*engine, GetParam());
   EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
   EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
   const nlohmann::json st = engine->stats();

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/fs_util.h"
+#include "test_util.h"
 
 namespace doppler {
 namespace {
@@ -20,47 +21,12 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string fixture(const std::string& arch) { return std::string(DOPPLER_TEST_DATA) + "/hf/" + arch; }
+std::string fixture(const std::string& arch) { return test::dataPath("hf/" + arch); }
 
-class Tmp {
- public:
-  Tmp() {
-    std::random_device rd;
-    path_ = (fs::temp_directory_path() / ("doppler-conv-" + std::to_string(rd()) + std::to_string(rd()))).string();
-    fs::create_directories(path_);
-  }
-  ~Tmp() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& n) const { return path_ + "/" + n; }
-  const std::string& path() const { return path_; }
+using Tmp = test::TempDir;
+using CliRun = test::CliResult;
 
- private:
-  std::string path_;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-struct CliRun {
-  int code = -1;
-  std::string out, err;
-};
-
-CliRun doppler(const std::string& args) {
-  Tmp t;
-  std::string cmd = std::string(DOPPLER_BIN) + " " + args + " >" + t / "o" + " 2>" + t / "e" + " </dev/null";
-  int st = std::system(cmd.c_str());
-  CliRun r;
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  r.out = fs::exists(t / "o") ? readFile(t / "o") : "";
-  r.err = fs::exists(t / "e") ? readFile(t / "e") : "";
-  return r;
-}
+CliRun doppler(const std::string& args) { return test::runCli(args); }
 
 int lines(const std::string& s) {
   int n = 0;
@@ -104,7 +70,7 @@ void expectNoOutput(const std::string& out) {
 
 // The failure contract: exit != 0, exactly one line on stderr containing every needle, nothing written.
 void expectFailure(const CliRun& r, const std::string& out, std::initializer_list<std::string> needles) {
-  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.exitCode, 0);
   EXPECT_EQ(lines(r.err), 1) << r.err;
   EXPECT_EQ(r.err.rfind("doppler: error: ", 0), 0u) << r.err;
   for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "missing '" << n << "' in: " << r.err;
@@ -112,7 +78,7 @@ void expectFailure(const CliRun& r, const std::string& out, std::initializer_lis
 }
 
 CliRun convert(const std::string& src, const std::string& out, const std::string& extra = "") {
-  return doppler("convert " + quote(src) + " -o " + quote(out) + " " + extra);
+  return doppler("convert " + test::shellQuote(src) + " -o " + test::shellQuote(out) + " " + extra);
 }
 
 // ---- bad inputs ----
@@ -245,7 +211,7 @@ TEST(ConvertCli, UnwritableOutputDirectory) {
   std::string out = t / "ro/out.rdrr";
   CliRun r = convert(fixture("llama"), out);
   fs::permissions(t / "ro", fs::perms::owner_all);
-  if (r.code == 0) GTEST_SKIP() << "running with privileges that ignore directory permissions (root)";
+  if (r.exitCode == 0) GTEST_SKIP() << "running with privileges that ignore directory permissions (root)";
   expectFailure(r, out, {"ro/out.rdrr", "cannot create"});
 }
 
@@ -259,16 +225,16 @@ TEST(ConvertCli, OutputDirectoryNobodyCanWrite) {
 TEST(ConvertCli, RefusesToOverwriteWithoutForce) {
   Tmp t;
   std::string out = t / "m.rdrr";
-  ASSERT_EQ(convert(fixture("llama"), out, "-q").code, 0);
+  ASSERT_EQ(convert(fixture("llama"), out, "-q").exitCode, 0);
   std::string before = readFile(out + "/manifest.json");
   CliRun r = convert(fixture("mixtral"), out, "-q");
-  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.exitCode, 0);
   EXPECT_EQ(lines(r.err), 1) << r.err;
   EXPECT_NE(r.err.find("already exists"), std::string::npos) << r.err;
   EXPECT_EQ(readFile(out + "/manifest.json"), before);
   // --force replaces it.
   CliRun f = convert(fixture("mixtral"), out, "-q --force");
-  EXPECT_EQ(f.code, 0) << f.err;
+  EXPECT_EQ(f.exitCode, 0) << f.err;
   EXPECT_NE(readFile(out + "/manifest.json"), before);
   EXPECT_NE(readFile(out + "/manifest.json").find("\"architecture\": \"mixtral\""), std::string::npos);
   for (const auto& e : fs::directory_iterator(t.path()))
@@ -291,14 +257,14 @@ TEST(ConvertCli, BadOptions) {
 TEST(VerifyCli, ManifestTensorPastItsShardsEnd) {
   Tmp t;
   std::string m = t / "m.rdrr";
-  ASSERT_EQ(convert(fixture("llama"), m, "-q").code, 0);
+  ASSERT_EQ(convert(fixture("llama"), m, "-q").exitCode, 0);
   json j = json::parse(readFile(m + "/manifest.json"));
   uint64_t shardSize = j["shards"][0]["size"];
   j["tensors"]["output_norm.weight"]["offset"] = shardSize - 64;
   fs::remove(m + "/manifest.json");
   writeFile(m + "/manifest.json", j.dump());
   for (const char* cmd : {"verify", "info"}) {
-    CliRun r = doppler(std::string(cmd) + " " + quote(m));
+    CliRun r = doppler(std::string(cmd) + " " + test::shellQuote(m));
     expectFailure(r, "", {"manifest.json", "output_norm.weight", "past the end of shard 0"});
   }
 }
@@ -306,9 +272,9 @@ TEST(VerifyCli, ManifestTensorPastItsShardsEnd) {
 TEST(VerifyCli, ShardHashMismatchNamesTheShard) {
   Tmp t;
   std::string m = t / "m.rdrr";
-  ASSERT_EQ(convert(fixture("qwen3_moe"), m, "-q --shard-size 256K").code, 0);
-  CliRun ok = doppler("verify -q " + quote(m));
-  EXPECT_EQ(ok.code, 0) << ok.err;
+  ASSERT_EQ(convert(fixture("qwen3_moe"), m, "-q --shard-size 256K").exitCode, 0);
+  CliRun ok = doppler("verify -q " + test::shellQuote(m));
+  EXPECT_EQ(ok.exitCode, 0) << ok.err;
   EXPECT_NE(ok.out.find("OK"), std::string::npos);
   std::string p = m + "/shard-00001.bin";
   ASSERT_TRUE(fs::exists(p));
@@ -316,22 +282,22 @@ TEST(VerifyCli, ShardHashMismatchNamesTheShard) {
   d[100] ^= 0x40;
   fs::remove(p);
   writeFile(p, d);
-  CliRun r = doppler("verify -q " + quote(m));
-  EXPECT_EQ(r.code, 1);
+  CliRun r = doppler("verify -q " + test::shellQuote(m));
+  EXPECT_EQ(r.exitCode, 1);
   expectFailure(r, "", {"shard-00001.bin", "SHA-256"});
 }
 
 TEST(VerifyCli, TruncatedShardIsNamed) {
   Tmp t;
   std::string m = t / "m.rdrr";
-  ASSERT_EQ(convert(fixture("llama"), m, "-q").code, 0);
+  ASSERT_EQ(convert(fixture("llama"), m, "-q").exitCode, 0);
   fs::resize_file(m + "/shard-00000.bin", 1000);
-  expectFailure(doppler("verify -q " + quote(m)), "", {"shard-00000.bin", "1000 bytes"});
+  expectFailure(doppler("verify -q " + test::shellQuote(m)), "", {"shard-00000.bin", "1000 bytes"});
 }
 
 TEST(VerifyCli, NotAModel) {
   Tmp t;
-  expectFailure(doppler("verify " + quote(t.path())), "", {"manifest.json"});
+  expectFailure(doppler("verify " + test::shellQuote(t.path())), "", {"manifest.json"});
 }
 
 // ---- good paths ----
@@ -340,12 +306,12 @@ TEST(ConvertCli, ConvertVerifyInfo) {
   Tmp t;
   std::string m = t / "mixtral.rdrr";
   CliRun c = convert(fixture("mixtral"), m, "--layout column --tp 2 --shard-size 128K");
-  ASSERT_EQ(c.code, 0) << c.err;
+  ASSERT_EQ(c.exitCode, 0) << c.err;
   EXPECT_NE(c.out.find("converted"), std::string::npos) << c.out;
-  CliRun v = doppler("verify -q " + quote(m));
-  EXPECT_EQ(v.code, 0) << v.err;
-  CliRun i = doppler("info " + quote(m));
-  ASSERT_EQ(i.code, 0) << i.err;
+  CliRun v = doppler("verify -q " + test::shellQuote(m));
+  EXPECT_EQ(v.exitCode, 0) << v.err;
+  CliRun i = doppler("info " + test::shellQuote(m));
+  ASSERT_EQ(i.exitCode, 0) << i.err;
   // Numbers from transformers (the fixture's parameter count) and from the shapes.
   EXPECT_NE(i.out.find("architecture: mixtral"), std::string::npos) << i.out;
   EXPECT_NE(i.out.find("parameters:   759744"), std::string::npos) << i.out;
@@ -366,24 +332,24 @@ TEST(InfoCli, ParameterCountsMatchTransformers) {
                                                    {"deepseek_v3", 422576 + 2 * 16}};
   for (const auto& [arch, params] : want) {
     SCOPED_TRACE(arch);
-    CliRun hf = doppler("info " + quote(fixture(arch)));
-    ASSERT_EQ(hf.code, 0) << hf.err;
+    CliRun hf = doppler("info " + test::shellQuote(fixture(arch)));
+    ASSERT_EQ(hf.exitCode, 0) << hf.err;
     EXPECT_NE(hf.out.find("parameters:   " + std::to_string(params)), std::string::npos) << hf.out;
     EXPECT_NE(hf.out.find(std::string("architecture: ") + arch), std::string::npos) << hf.out;
   }
   Tmp t;
   std::string m = t / "q.rdrr";
-  ASSERT_EQ(convert(fixture("qwen3_moe"), m, "-q").code, 0);
-  CliRun r = doppler("info " + quote(m));
+  ASSERT_EQ(convert(fixture("qwen3_moe"), m, "-q").exitCode, 0);
+  CliRun r = doppler("info " + test::shellQuote(m));
   EXPECT_NE(r.out.find("parameters:   548384"), std::string::npos) << r.out;
-  CliRun g = doppler("info " + quote(fixture("gpt_oss")));
+  CliRun g = doppler("info " + test::shellQuote(fixture("gpt_oss")));
   EXPECT_NE(g.out.find("experts:      8 per MoE layer, top-2"), std::string::npos) << g.out;
 }
 
 TEST(ConvertCli, ProgressOnNonTerminalIsAtMostOneFinalLine) {
   Tmp t;
   CliRun c = convert(fixture("llama"), t / "m.rdrr");
-  ASSERT_EQ(c.code, 0) << c.err;
+  ASSERT_EQ(c.exitCode, 0) << c.err;
   EXPECT_LE(lines(c.err), 1) << c.err;
   EXPECT_EQ(c.err.find('\r'), std::string::npos);
   if (!c.err.empty()) EXPECT_NE(c.err.find("convert: 100%"), std::string::npos) << c.err;

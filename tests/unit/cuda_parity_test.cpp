@@ -33,13 +33,7 @@ class CudaParity : public ::testing::TestWithParam<ParityCase> {
     std::string why;
     if (cudaDeviceCount(&why) <= 0) GTEST_SKIP() << "no usable GPU: " << why;
   }
-  std::string convert(const TempDir& tmp) {
-    ConvertOptions opts;
-    opts.layout = GetParam().layout;
-    opts.sync = false;
-    convertHfToRdrr(test::dataPath("hf/" + GetParam().arch), tmp / "m.rdrr", opts);
-    return tmp / "m.rdrr";
-  }
+  std::string convert(const TempDir& tmp) { return test::convertParityCase(GetParam(), tmp.path()); }
 };
 
 TEST_P(CudaParity, ResidentOnGpu) {
@@ -50,13 +44,8 @@ TEST_P(CudaParity, ResidentOnGpu) {
   eo.backend = "cuda";
   auto engine = Engine::open(m, eo);
   ASSERT_EQ(engine->backend().name().rfind("cuda", 0), 0u);
-  EvalReport r = runEval(engine->model(), test::dataPath("hf/" + GetParam().arch + "/reference.safetensors"),
-                         [&](int64_t cap) { return engine->newKVCache(cap); });
-  EXPECT_GT(r.decode.rows, 40);
-  EXPECT_EQ(r.longCtx.rows, 160);
-  EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
-  EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
-  EXPECT_EQ(r.decode.argmaxAgree, r.decode.rows);
+  const EvalReport r = test::evalParityCase(*engine, GetParam());
+  test::expectParity(r, 40);
   std::printf("[cuda parity] %s resident: decode worst %.3g, long worst %.3g\n", parityCaseName({GetParam(), 0}).c_str(),
               r.decode.worstError, r.longCtx.worstError);
   // Everything was loaded at open (the GPU engine preloads experts that fit): no load during the eval.
@@ -73,23 +62,13 @@ TEST_P(CudaParity, ResidentOnGpu) {
 TEST_P(CudaParity, PagedWithSpilledKV) {
   TempDir tmp;
   const std::string m = convert(tmp);
-  auto rdrr = RdrrModel::open(m);
-  const TierPlan p = planTiers(*rdrr, uint64_t(1) << 50, uint64_t(1) << 50, false);
   EngineOptions eo;
   eo.quiet = true;
   eo.backend = "cuda";
-  const bool moe = p.expertCount > 0;
-  eo.vram = moe ? p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes : p.deviceMinimumStreamed;
-  eo.ram = moe ? p.expertTotalBytes / 2 : p.residentBytes;
-  {
-    EngineOptions plain;
-    plain.quiet = true;
-    auto probe = Engine::open(m, plain);
-    eo.kvVram = uint64_t(32 * kvBytesPerToken(probe->model().kvShapes(), KVDType::F32, 16));
-  }
+  eo = test::tightTierOptions(m, eo);
+  const bool moe = RdrrModel::open(m)->config().numExperts > 0;
   auto engine = Engine::open(m, eo);
-  EvalReport r = runEval(engine->model(), test::dataPath("hf/" + GetParam().arch + "/reference.safetensors"),
-                         [&](int64_t cap) { return engine->newKVCache(cap); });
+  const EvalReport r = test::evalParityCase(*engine, GetParam());
   EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
   EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
   std::printf("[cuda parity] %s paged: decode worst %.3g, long worst %.3g\n", parityCaseName({GetParam(), 0}).c_str(),

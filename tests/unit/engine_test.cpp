@@ -24,21 +24,11 @@ using test::parityCaseName;
 class Parity : public ::testing::TestWithParam<ParityCase> {};
 
 TEST_P(Parity, EvalWithinTolerance) {
-  const auto& pc = GetParam();
   TempDir tmp;
-  ConvertOptions opts;
-  opts.layout = pc.layout;
-  convertHfToRdrr(test::dataPath("hf/" + pc.arch), tmp / "m.rdrr", opts);
   EngineOptions eo;
   eo.quiet = true;
-  auto engine = Engine::open(tmp / "m.rdrr", eo);
-  EvalReport r = runEval(engine->model(), test::dataPath("hf/" + pc.arch + "/reference.safetensors"),
-                         [&](int64_t cap) { return engine->newKVCache(cap); });
-  EXPECT_GT(r.decode.rows, 40);
-  EXPECT_EQ(r.longCtx.rows, 160);
-  EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
-  EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
-  EXPECT_EQ(r.decode.argmaxAgree, r.decode.rows);
+  auto engine = Engine::open(test::convertParityCase(GetParam(), tmp.path()), eo);
+  test::expectParity(test::evalParityCase(*engine, GetParam()), 40);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,

@@ -3,9 +3,16 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 
+#include "convert/convert.h"
 #include "core/tensor.h"
+#include "engine/engine.h"
+#include "engine/eval.h"
+#include "kv/kv_cache.h"
+#include "loader/placement.h"
+#include "test_util.h"
 
 namespace doppler::test {
 
@@ -16,6 +23,47 @@ struct ParityCase {
 
 inline std::string parityCaseName(const ::testing::TestParamInfo<ParityCase>& i) {
   return i.param.arch + (i.param.layout == Layout::Row ? "_row" : "_column");
+}
+
+// The case's fixture converted with its layout into dir/m.rdrr; returns that path.
+inline std::string convertParityCase(const ParityCase& pc, const std::string& dir) {
+  ConvertOptions opts;
+  opts.layout = pc.layout;
+  opts.sync = false;
+  convertHfToRdrr(dataPath("hf/" + pc.arch), dir + "/m.rdrr", opts);
+  return dir + "/m.rdrr";
+}
+
+// `doppler eval` of the engine against the fixture's transformers reference (a fresh KV cache per pass).
+inline EvalReport evalParityCase(Engine& engine, const ParityCase& pc) {
+  return runEval(engine.model(), dataPath("hf/" + pc.arch + "/reference.safetensors"),
+                 [&](int64_t cap) { return engine.newKVCache(cap); });
+}
+
+// The tight-tier parity runs: about 2 routed experts per layer in the device tier (a dense model: its streaming
+// minimum), half of the experts (dense: the resident part) in host RAM, the rest read from disk on use, and a
+// device KV budget of 32 tokens (f32) so that the KV cache spills to host RAM.
+inline EngineOptions tightTierOptions(const std::string& model, EngineOptions eo) {
+  auto rdrr = RdrrModel::open(model);
+  const TierPlan p = planTiers(*rdrr, uint64_t(1) << 50, uint64_t(1) << 50, false);
+  const bool moe = p.expertCount > 0;
+  eo.vram = moe ? p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes : p.deviceMinimumStreamed;
+  eo.ram = moe ? p.expertTotalBytes / 2 : p.residentBytes;
+  EngineOptions plain;
+  plain.quiet = true;
+  auto probe = Engine::open(model, plain);
+  eo.kvVram = uint64_t(32 * kvBytesPerToken(probe->model().kvShapes(), KVDType::F32, 16));
+  return eo;
+}
+
+// The parity bound every suite holds: both passes within 1e-4 of transformers, the decode pass with at least
+// `minDecodeRows` rows and the argmax of every row, the long pass 160 rows.
+inline void expectParity(const EvalReport& r, int64_t minDecodeRows) {
+  EXPECT_GT(r.decode.rows, minDecodeRows);
+  EXPECT_EQ(r.longCtx.rows, 160);
+  EXPECT_LT(r.decode.worstError, 1e-4) << "row " << r.decode.worstRow;
+  EXPECT_LT(r.longCtx.worstError, 1e-4) << "row " << r.longCtx.worstRow;
+  EXPECT_EQ(r.decode.argmaxAgree, r.decode.rows);
 }
 
 }  // namespace doppler::test

@@ -16,31 +16,16 @@
 #include "format/hf_config.h"
 #include "format/rdrr_reader.h"
 #include "format/safetensors.h"
+#include "test_util.h"
 
 namespace doppler {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string fixture(const std::string& arch) { return std::string(DOPPLER_TEST_DATA) + "/hf/" + arch; }
+std::string fixture(const std::string& arch) { return test::dataPath("hf/" + arch); }
 
-class Tmp {
- public:
-  Tmp() {
-    std::random_device rd;
-    path_ = (fs::temp_directory_path() / ("doppler-rdrr-" + std::to_string(rd()) + std::to_string(rd()))).string();
-    fs::create_directories(path_);
-  }
-  ~Tmp() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& n) const { return path_ + "/" + n; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using Tmp = test::TempDir;
 
 // ---- the expected logical tensors, computed independently of src/convert ----
 
