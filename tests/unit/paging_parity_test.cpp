@@ -178,6 +178,65 @@ TEST_P(PagedMoe, HybridSplitKeepsParity) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PagedMoe, ::testing::Values("mixtral", "qwen3_moe"));
 
+// The split itself (TieredWeights::splitExperts): every selected expert lands on exactly one side; the device
+// side starts with the experts already in device memory; the host side holds only experts whose copy is in host
+// RAM and not in device memory, with views of that copy; without hybrid everything stays on the device.
+TEST(HybridSplit, PartitionsExpertsByWhereTheyAre) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, "qwen3_moe");
+  const TierPlan p = sizesOf(dir).plan;
+  auto rdrr = RdrrModel::open(dir);
+  auto device = makeCpuBackend();
+  for (bool hybrid : {true, false}) {
+    SCOPED_TRACE(hybrid ? "hybrid" : "not hybrid");
+    TieredOptions to;
+    to.deviceBudget = p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes;  // ~2 experts per layer
+    to.hostBudget = p.expertTotalBytes;
+    to.prefetch = false;  // nothing in flight: each expert is either in device memory or only in host RAM
+    to.hybrid = hybrid;
+    TieredWeights w(*rdrr, *device, to);
+    const int E = int(p.expertUnit[0].size());
+    for (int e = 0; e < E; e++) w.acquireExpert(0, e);  // every expert into host RAM; the device keeps a few
+    std::vector<int64_t> all(static_cast<size_t>(E));
+    for (int e = 0; e < E; e++) all[size_t(e)] = e;
+    ExpertSplit s = w.splitExperts(0, all);
+    std::vector<int> seen(static_cast<size_t>(E), 0);
+    for (int64_t e : s.device) seen[size_t(e)]++;
+    for (int64_t e : s.host) seen[size_t(e)]++;
+    for (int e = 0; e < E; e++) EXPECT_EQ(seen[size_t(e)], 1) << "expert " << e;
+    ASSERT_LE(s.deviceReady, s.device.size());
+    ASSERT_EQ(s.hostLeases.size(), s.host.size());
+    auto unit = [&](int64_t e) { return p.expertUnit[0][size_t(e)]; };
+    if (!hybrid) {  // the plain split: everything on the device, nothing claimed about what is there already
+      EXPECT_TRUE(s.host.empty());
+      EXPECT_EQ(s.device, all);
+      continue;
+    }
+    EXPECT_GT(s.deviceReady, 0u);
+    for (size_t i = 0; i < s.device.size(); i++)
+      EXPECT_EQ(w.cache().deviceResident(unit(s.device[i])), i < s.deviceReady) << "device entry " << i;
+    EXPECT_FALSE(s.host.empty());  // before any measurement the CPU is assumed faster than the link
+    for (size_t i = 0; i < s.host.size(); i++) {
+      EXPECT_TRUE(w.cache().hostResident(unit(s.host[i])));
+      EXPECT_FALSE(w.cache().deviceResident(unit(s.host[i])));
+    }
+    const nlohmann::json st = w.stats();
+    EXPECT_EQ(st["hybrid"]["copied_experts"].get<uint64_t>() + s.host.size() + s.deviceReady, size_t(E));
+    // The host views hold that expert's bytes: the same as its device copy once loaded.
+    const int64_t e0 = s.host[0];
+    const ExpertLease h = std::move(s.hostLeases[0]);
+    s.hostLeases.clear();
+    const ExpertLease d = w.acquireExpert(0, int(e0));
+    for (auto [hv, dv] : {std::pair{&h.gate, &d.gate}, std::pair{&h.up, &d.up}, std::pair{&h.down, &d.down}}) {
+      ASSERT_NE(hv->data, nullptr);
+      EXPECT_NE(hv->data, dv->data);
+      EXPECT_EQ(hv->shape, dv->shape);
+      EXPECT_EQ(hv->dtype, dv->dtype);
+      EXPECT_EQ(std::memcmp(hv->data, dv->data, dv->bytes()), 0);
+    }
+  }
+}
+
 TEST(PagedDense, LlamaLayersStreamedBitIdentical) {
   TempDir tmp;
   for (Layout layout : {Layout::Row, Layout::Column}) {
