@@ -12,12 +12,10 @@
 // each into an empty cache under DIR (removed after each run), and prints wall time, MB/s and the bytes each peer
 // sent. Pulls are complete and verified (SHA-256 of every shard; fsync of every blob) as any pull is.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <httplib.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,9 +34,9 @@
 #include "core/fs_util.h"
 #include "core/json_util.h"
 #include "core/size.h"
+#include "core/spawn.h"
 #include "storage/swarm.h"
 
-extern char** environ;
 using namespace doppler;
 using Clock = std::chrono::steady_clock;
 
@@ -51,20 +49,10 @@ std::string slurp(const std::string& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-pid_t spawn(const std::string& bin, std::vector<std::string> args, const std::string& out, const std::string& err) {
-  args.insert(args.begin(), bin);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, bin.c_str(), &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  check(rc == 0, "cannot start {}", bin);
+pid_t spawn(const std::string& bin, const std::vector<std::string>& args, const std::string& out,
+            const std::string& err) {
+  const pid_t pid = spawnProcess(bin, args, out, err);
+  check(pid > 0, "cannot start {}", bin);
   return pid;
 }
 

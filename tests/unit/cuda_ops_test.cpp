@@ -42,6 +42,30 @@ double relErr(const std::vector<float>& a, const std::vector<float>& ref) {
 
 constexpr double kTol = 2e-6;  // f32 arithmetic in another order
 
+// W[out, in] f32 values -> bytes of `dt` in `layout`.
+std::vector<uint8_t> encodeWeight(const std::vector<float>& w, int64_t out, int64_t in, DType dt, Layout layout) {
+  std::vector<float> src = w;
+  if (layout == Layout::Column) {
+    for (int64_t o = 0; o < out; o++)
+      for (int64_t i = 0; i < in; i++) src[size_t(i * out + o)] = w[size_t(o * in + i)];
+  }
+  if (dt == DType::MXFP4) {
+    std::vector<uint8_t> b(size_t(dtypeBytes(dt, uint64_t(out * in))));
+    cpu::quantizeMxfp4(src.data(), out, in, b.data());
+    return b;
+  }
+  std::vector<uint8_t> b(src.size() * dtypeSize(dt));
+  for (size_t i = 0; i < src.size(); i++) {
+    if (dt == DType::F32) std::memcpy(b.data() + 4 * i, &src[i], 4);
+    else {
+      uint16_t h = dt == DType::F16 ? f32ToF16(src[i]) : f32ToBf16(src[i]);
+      std::memcpy(b.data() + 2 * i, &h, 2);
+    }
+  }
+  return b;
+}
+
+
 class CudaOps : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -70,32 +94,38 @@ class CudaOps : public ::testing::Test {
     return v;
   }
 
+  // `count` random SwiGLU experts [inter, hid] of one type and layout, expert j weighted 0.1 + 0.2 j: host views
+  // (hc, for the CPU) and device copies (dc); hostW keeps the host bytes alive.
+  struct Experts {
+    std::vector<std::vector<uint8_t>> hostW;
+    std::vector<ExpertCall> hc, dc;
+  };
+  Experts makeExperts(int64_t count, int64_t inter, int64_t hid, DType dt, Layout layout, uint32_t seed) {
+    Experts x;
+    for (int64_t j = 0; j < count; j++) {
+      ExpertCall c;
+      auto g = encodeWeight(randn(size_t(inter * hid), seed + 10 * uint32_t(j), 0.1f), inter, hid, dt, layout);
+      auto u = encodeWeight(randn(size_t(inter * hid), seed + 10 * uint32_t(j) + 1, 0.1f), inter, hid, dt, layout);
+      auto d = encodeWeight(randn(size_t(hid * inter), seed + 10 * uint32_t(j) + 2, 0.1f), hid, inter, dt, layout);
+      c.gate = WeightView{g.data(), dt, {inter, hid}, layout};
+      c.up = WeightView{u.data(), dt, {inter, hid}, layout};
+      c.down = WeightView{d.data(), dt, {hid, inter}, layout};
+      c.weight = 0.1f + 0.2f * float(j);
+      x.hc.push_back(c);
+      c.gate.data = up(g);
+      c.up.data = up(u);
+      c.down.data = up(d);
+      x.dc.push_back(c);
+      x.hostW.push_back(std::move(g));
+      x.hostW.push_back(std::move(u));
+      x.hostW.push_back(std::move(d));
+    }
+    return x;
+  }
+
   std::unique_ptr<Backend> gpu, cpu;
   std::vector<std::pair<void*, size_t>> allocs;
 };
-
-// W[out, in] f32 values -> bytes of `dt` in `layout`.
-std::vector<uint8_t> encodeWeight(const std::vector<float>& w, int64_t out, int64_t in, DType dt, Layout layout) {
-  std::vector<float> src = w;
-  if (layout == Layout::Column) {
-    for (int64_t o = 0; o < out; o++)
-      for (int64_t i = 0; i < in; i++) src[size_t(i * out + o)] = w[size_t(o * in + i)];
-  }
-  if (dt == DType::MXFP4) {
-    std::vector<uint8_t> b(size_t(dtypeBytes(dt, uint64_t(out * in))));
-    cpu::quantizeMxfp4(src.data(), out, in, b.data());
-    return b;
-  }
-  std::vector<uint8_t> b(src.size() * dtypeSize(dt));
-  for (size_t i = 0; i < src.size(); i++) {
-    if (dt == DType::F32) std::memcpy(b.data() + 4 * i, &src[i], 4);
-    else {
-      uint16_t h = dt == DType::F16 ? f32ToF16(src[i]) : f32ToBf16(src[i]);
-      std::memcpy(b.data() + 2 * i, &h, 2);
-    }
-  }
-  return b;
-}
 
 }  // namespace
 
@@ -364,32 +394,13 @@ TEST_F(CudaOps, GroupedMoeExpertsMatchCpu) {
     for (Layout layout : {Layout::Row, Layout::Column})
       for (float limit : {0.0f, 7.0f}) {
         const uint32_t seed = nextSeed();
-        std::vector<std::vector<uint8_t>> hostW;
-        std::vector<ExpertCall> hc, dc;
-        for (int64_t j = 0; j < K; j++) {
-          ExpertCall c;
-          auto g = encodeWeight(randn(size_t(inter * hid), seed + 10 * j, 0.1f), inter, hid, dt, layout);
-          auto u = encodeWeight(randn(size_t(inter * hid), seed + 10 * j + 1, 0.1f), inter, hid, dt, layout);
-          auto d = encodeWeight(randn(size_t(hid * inter), seed + 10 * j + 2, 0.1f), hid, inter, dt, layout);
-          c.gate = WeightView{g.data(), dt, {inter, hid}, layout};
-          c.up = WeightView{u.data(), dt, {inter, hid}, layout};
-          c.down = WeightView{d.data(), dt, {hid, inter}, layout};
-          c.weight = 0.1f + 0.2f * float(j);
-          hc.push_back(c);
-          c.gate.data = up(g);
-          c.up.data = up(u);
-          c.down.data = up(d);
-          dc.push_back(c);
-          hostW.push_back(std::move(g));
-          hostW.push_back(std::move(u));
-          hostW.push_back(std::move(d));
-        }
+        const Experts ex = makeExperts(K, inter, hid, dt, layout, seed);
         auto x = randn(size_t(hid), seed + 99);
         auto out0 = randn(size_t(hid), seed + 98);
         auto ref = out0;
-        cpu->moeExperts(x.data(), hc.data(), K, limit, 1.702f, ref.data());
+        cpu->moeExperts(x.data(), ex.hc.data(), K, limit, 1.702f, ref.data());
         float* o = up(out0);
-        gpu->moeExperts(up(x), dc.data(), K, limit, 1.702f, o);
+        gpu->moeExperts(up(x), ex.dc.data(), K, limit, 1.702f, o);
         EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol)
             << dtypeName(dt) << " " << layoutName(layout) << " limit " << limit << " seed " << seed;
       }
@@ -401,25 +412,8 @@ TEST_F(CudaOps, RoutedOnDeviceMatchesHostRouting) {
   const int64_t hid = 128, inter = 64, E = 40, K = 6;
   for (bool norm : {true, false}) {
     const uint32_t seed = nextSeed();
-    std::vector<std::vector<uint8_t>> hostW;
-    std::vector<ExpertCall> hc, dc;
-    for (int64_t j = 0; j < E; j++) {
-      ExpertCall c;
-      auto g = encodeWeight(randn(size_t(inter * hid), seed + 10 * j, 0.1f), inter, hid, DType::BF16, Layout::Row);
-      auto u = encodeWeight(randn(size_t(inter * hid), seed + 10 * j + 1, 0.1f), inter, hid, DType::BF16, Layout::Row);
-      auto d = encodeWeight(randn(size_t(hid * inter), seed + 10 * j + 2, 0.1f), hid, inter, DType::BF16, Layout::Row);
-      c.gate = WeightView{g.data(), DType::BF16, {inter, hid}, Layout::Row};
-      c.up = WeightView{u.data(), DType::BF16, {inter, hid}, Layout::Row};
-      c.down = WeightView{d.data(), DType::BF16, {hid, inter}, Layout::Row};
-      hc.push_back(c);
-      c.gate.data = up(g);
-      c.up.data = up(u);
-      c.down.data = up(d);
-      dc.push_back(c);
-      hostW.push_back(std::move(g));
-      hostW.push_back(std::move(u));
-      hostW.push_back(std::move(d));
-    }
+    const Experts ex = makeExperts(E, inter, hid, DType::BF16, Layout::Row, seed);
+    const std::vector<ExpertCall>& hc = ex.hc;
     auto x = randn(size_t(hid), seed + 99);
     auto logits = randn(size_t(E), seed + 97, 2.0f);
     // host routing as model/routing.cpp does it
@@ -441,7 +435,7 @@ TEST_F(CudaOps, RoutedOnDeviceMatchesHostRouting) {
     std::vector<float> ref(static_cast<size_t>(hid), 0.0f);
     cpu->moeExperts(x.data(), chosen.data(), K, 0.0f, 1.702f, ref.data());
     float* o = up(std::vector<float>(static_cast<size_t>(hid), 0.0f));
-    ASSERT_TRUE(gpu->moeRoutedOnDevice(up(x), up(logits), dc.data(), E, K, norm, 0.0f, 1.702f, o));
+    ASSERT_TRUE(gpu->moeRoutedOnDevice(up(x), up(logits), ex.dc.data(), E, K, norm, 0.0f, 1.702f, o));
     EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol) << "norm " << norm << " seed " << seed;
     EXPECT_FALSE(cpu->moeRoutedOnDevice(x.data(), logits.data(), hc.data(), E, K, norm, 0.0f, 1.702f, ref.data()));
   }

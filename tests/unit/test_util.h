@@ -1,7 +1,5 @@
 // Helpers shared by the test suites: temp dirs, running the doppler CLI, fixture paths.
 #pragma once
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -11,28 +9,14 @@
 #include <string>
 #include <vector>
 
-extern char** environ;
+#include "core/spawn.h"
 
 namespace doppler::test {
 
-// Starts `doppler args...` with stdin from /dev/null and stdout/stderr to files (or /dev/null); returns the pid
-// (-1 when it could not be started).
+// Starts `doppler args...` (core/spawn.h): the pid, or -1 when it could not be started.
 inline pid_t spawnDoppler(const std::vector<std::string>& args, const std::string& out = "/dev/null",
                           const std::string& err = "/dev/null") {
-  std::vector<std::string> all = {DOPPLER_BIN};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, DOPPLER_BIN, &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  return rc == 0 ? pid : -1;
+  return spawnProcess(DOPPLER_BIN, args, out, err);
 }
 
 // Waits for a child: its exit code, or 128 + the signal that ended it.
