@@ -281,6 +281,11 @@ void TierCache::releaseHost(int u) {
   if (s.hostPins > 0) --s.hostPins;
 }
 
+double TierCache::copyRate() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_.copySeconds > 0 && stats_.copyBytes > 0 ? double(stats_.copyBytes) / stats_.copySeconds : 0.0;
+}
+
 double TierCache::heat(int u) const {
   std::lock_guard<std::mutex> lk(mu_);
   return value(u);

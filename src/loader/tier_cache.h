@@ -83,6 +83,8 @@ class TierCache {
   void releaseHost(int unit);
   // The eviction value of a unit now (decayed use count; higher is hotter).
   double heat(int unit) const;
+  // Bytes per second of the loader's host-to-device copies of paged units so far; 0 before the first.
+  double copyRate() const;
   // Queues loads for `layer`'s units. Needed: goes before queued predictions, in this order; Predicted:
   // appended, dropped rather than evicting something more valuable.
   void prefetch(std::span<const int> units, PrefetchHint hint, int layer);

@@ -121,8 +121,8 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
   out.deviceReady = out.device.size();
   // Rates: host-to-device from the loader's copies so far (25 GB/s before the first), the CPU's from its expert
   // computations so far; until the CPU is measured, twice the link's, so that it gets experts and is measured.
-  const TierCacheStats cs = cache_->stats();
-  const double link = cs.copySeconds > 0 && cs.copyBytes > 0 ? double(cs.copyBytes) / cs.copySeconds : 25e9;
+  const double measured = cache_->copyRate();  // not stats(): that walks every unit and shard, once per layer here
+  const double link = measured > 0 ? measured : 25e9;
   double cpu;
   {
     std::lock_guard<std::mutex> lk(mu_);
