@@ -3,10 +3,12 @@
 # Usage (from the repository root there): scripts/cuda-device-run.sh BINDIR [STAGES]
 #   BINDIR holds doppler, doppler_tests (and cuda_ops_bench) built in the checkout $DOPPLER_BUILT_IN (default
 #   /work/main: their compiled-in paths); the tests' data and models are taken from this checkout through links.
-#   STAGES: any of info,tests,memcheck,opsbench,bench,benchpaged (default all but opsbench). bench: resident decode
-#   with CUDA graphs and without (DOPPLER_CUDA_GRAPHS=0); benchpaged: 25 % of the experts on the GPU, hybrid
-#   execution, --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier
-#   warm); benchcpu: the CPU backend. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
+#   STAGES: any of info,tests,memcheck,opsbench,ncu,bench,benchvariants,benchpaged,benchwarm,benchcpu (default
+#   info,tests,memcheck,bench,benchpaged). ncu: per-kernel time and DRAM bytes (Nsight Compute) of the first decode
+#   steps. bench: resident decode (CUDA graphs); benchvariants: the same without graphs (DOPPLER_CUDA_GRAPHS=0) and
+#   without programmatic edges (DOPPLER_CUDA_PDL=0); benchpaged: 25 % of the experts on the GPU, hybrid execution, --no-hybrid and
+#   DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier warm); benchcpu: the CPU
+#   backend. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
 OUTD=$(mktemp -d /tmp/cuda-logs.XXXX)  # every log; packed into $OUT/cuda-logs.tgz at the end
@@ -46,19 +48,30 @@ if has memcheck; then
     echo "compute-sanitizer: not on this machine"
   fi
 fi
+if has ncu; then  # per-kernel time and DRAM bytes of the first decode steps (ops launched one by one)
+  for m in "qwen3 qwen3-30b-a3b:8" "mixtral mixtral-8x7b:4"; do
+    set -- $m
+    DOPPLER_CUDA_GRAPHS=0 timeout 300 ncu --clock-control none --csv --print-units base \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size --launch-count 400 \
+      build/doppler bench --backend cuda --cache-dir $CACHE --synthetic $2 --prompt-tokens 1 -n 3 \
+      > "$OUTD/ncu-$1.csv" 2> "$OUTD/ncu-$1.err"; echo "ncu $1 rc=$?"
+    rm -rf $CACHE
+  done
+fi
 bench() {  # name args... (BACKEND=cpu for the CPU backend)
   local name=$1; shift
   timeout 150 env ${BENCH_ENV:-} build/doppler bench --backend ${BACKEND:-cuda} --cache-dir $CACHE "$@" \
     > "$OUTD/bench-$name.log" 2>&1
   echo "== bench $name rc=$? ($*)"
-  grep -E "^(decode|weight read|gpu|memory band|ratio|graphs|hybrid|stall|transfer|device |host |prefetch)" \
+  grep -E "^(decode|weight read|gpu|ratio|graphs|hybrid|transfer)" \
     "$OUTD/bench-$name.log" | cut -c1-400
 }
-if has bench || has benchpaged || has benchwarm || has benchcpu; then
+if has bench || has benchvariants || has benchpaged || has benchwarm || has benchcpu; then
   for m in "mixtral mixtral-8x7b:4 3700M" "qwen3 qwen3-30b-a3b:8 4000M"; do
     set -- $m
     has bench && bench $1 --synthetic $2 -n 64 --stats
-    has bench && BENCH_ENV=DOPPLER_CUDA_GRAPHS=0 bench $1-nographs --synthetic $2 -n 64 --stats
+    has benchvariants && BENCH_ENV=DOPPLER_CUDA_GRAPHS=0 bench $1-nographs --synthetic $2 -n 64 --stats
+    has benchvariants && BENCH_ENV=DOPPLER_CUDA_PDL=0 bench $1-nopdl --synthetic $2 -n 64 --stats
     has benchpaged && bench $1-vram25 --synthetic $2 -n 32 --vram $3 --stats
     has benchpaged && bench $1-vram25-nohybrid --synthetic $2 -n 32 --vram $3 --no-hybrid --stats
     has benchpaged && BENCH_ENV=DOPPLER_HYBRID_PREDICT=1 bench $1-vram25-predict --synthetic $2 -n 32 --vram $3 --stats

@@ -29,6 +29,8 @@ int runMain(int argc, char** argv) {
       "  DOPPLER_CACHE           cache directory (else $XDG_CACHE_HOME/doppler, else ~/.cache/doppler)\n"
       "  DOPPLER_CUDA_GRAPHS=0   --backend cuda: launch each op of a decode step instead of replaying the step as\n"
       "                          a CUDA graph\n"
+      "  DOPPLER_CUDA_PDL=0      --backend cuda: chain a step graph's kernels with full dependencies instead of\n"
+      "                          programmatic ones (the next kernel no longer starts while one finishes)\n"
       "  DOPPLER_HYBRID_PREDICT=1  --backend cuda with paged experts: also copy predicted experts ahead in hybrid\n"
       "                          execution (off by default: docs/tiers.md)");
   app.require_subcommand(1);

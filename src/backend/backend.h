@@ -58,8 +58,12 @@ struct BackendStats {
   uint64_t graphBuilds = 0;       // graphs built (first step, or when a step's ops changed)
   uint64_t graphNodes = 0;        // ops run through graphs
   uint64_t graphNodeUpdates = 0;  // ops whose arguments were updated in place before a launch
-  double graphHostSeconds = 0;    // host time inside recorded steps (recording, updates, launches)
+  double graphHostSeconds = 0;    // host time inside recorded steps (recording, updates, launches, result waits)
+  double graphFirstLaunchSeconds = 0;  // host time from a step's start to its first graph launch
   double graphGpuSeconds = 0;     // GPU time of the graph launches
+  double graphGpuSpanSeconds = 0; // GPU time from a step's first launch starting to its last ending
+  double graphGpuGapSeconds = 0;  // GPU time from one step's end to the next step's first launch starting
+  uint64_t graphGaps = 0;         // steps graphGpuGapSeconds covers
 };
 
 class Backend {

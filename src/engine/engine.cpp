@@ -138,7 +138,10 @@ nlohmann::json Engine::stats() const {
     j["graphs"] = {{"steps", bs.graphSteps}, {"launches", bs.graphLaunches}, {"builds", bs.graphBuilds},
                    {"nodes", bs.graphNodes}, {"node_updates", bs.graphNodeUpdates},
                    {"host_ms_per_step", 1e3 * bs.graphHostSeconds / double(bs.graphSteps)},
-                   {"gpu_ms_per_step", 1e3 * bs.graphGpuSeconds / double(bs.graphSteps)}};
+                   {"first_launch_ms_per_step", 1e3 * bs.graphFirstLaunchSeconds / double(bs.graphSteps)},
+                   {"gpu_ms_per_step", 1e3 * bs.graphGpuSeconds / double(bs.graphSteps)},
+                   {"gpu_span_ms_per_step", 1e3 * bs.graphGpuSpanSeconds / double(bs.graphSteps)},
+                   {"gpu_gap_ms_per_step", bs.graphGaps ? 1e3 * bs.graphGpuGapSeconds / double(bs.graphGaps) : 0.0}};
   return j;
 }
 

@@ -93,6 +93,11 @@ class KVCache {
   // Store keys k [n, kvHeads, headDim] and values v [n, kvHeads, vDim] of `layer` for positions [pos, pos + n).
   // The paged cache needs pos <= the layer's current length (pos < length rewinds: later tokens are dropped).
   virtual void write(int layer, int64_t pos, int64_t n, const float* k, const float* v) = 0;
+  // write() without the copy: stores positions [pos, pos + n) of `layer` and sets *k, *v to the device rows
+  // [n, kvHeads, headDim] and [n, kvHeads, vDim] that hold them; the caller's next ops must fill them (in the
+  // backend's issue order) before anything reads the layer. False, with nothing changed, when those rows are not
+  // two plain f32 ranges (then use write()). The default: false.
+  virtual bool writeInPlace(int layer, int64_t pos, int64_t n, float** k, float** v) { return false; }
   // Chunks covering positions [0, end) of `layer`, in position order (a sliding-window layer may leave out
   // blocks that left the window), valid until the next write() or chunks() call.
   virtual void chunks(int layer, int64_t end, std::vector<KVChunk>& out) = 0;

@@ -84,45 +84,38 @@ class PagedKVCache final : public KVCache {
   const KVStats* stats() const override { return stats_.get(); }
 
   void write(int layer, int64_t pos, int64_t n, const float* k, const float* v) override {
-    Layer& L = layerAt(layer);
+    Layer& L = beginWrite(layer, pos, n);
     const auto& s = L.shape;
     const int64_t B = opts_.blockTokens;
-    check(n >= 0 && pos >= 0, "kv cache: write of {} tokens at position {} of layer {}", n, pos, layer);
-    check(pos + n <= capacity_, "context full: {} tokens do not fit the KV cache of {} tokens", pos + n, capacity_);
-    check(pos <= L.filled, "kv cache: write at position {} of layer {} leaves a gap (the layer holds {} tokens)",
-          pos, layer, L.filled);
-    if (pos < L.filled) rewind(layer, pos);
-    freeOutsideWindow(L, pos);
-
     const int64_t kRow = s.kvHeads * s.headDim, vRow = s.kvHeads * s.vDim;
     int64_t t = pos;
     while (t < pos + n) {
-      const int64_t b = t / B, off = t % B, cnt = std::min(B - off, pos + n - t);
-      if (off == 0) {  // a new tail block: f32 on the device
-        kv::BlockFormat f = format(s, KVDType::F32);
-        makeRoom(Tier::Device, f.bytes(), layer, t);
-        Block blk;
-        blk.live = true;
-        blk.tier = Tier::Device;
-        blk.dtype = KVDType::F32;
-        blk.bytes = f.bytes();
-        blk.data = static_cast<uint8_t*>(backend_.allocate(Tier::Device, blk.bytes));
-        if (int64_t(L.blocks.size()) <= b) L.blocks.resize(size_t(b + 1));
-        L.blocks[size_t(b)] = blk;
-        account(Tier::Device, +1, 0, int64_t(blk.bytes));
-      }
-      Block& blk = L.blocks[size_t(b)];
+      const int64_t off = t % B, cnt = std::min(B - off, pos + n - t);
+      Block& blk = tailBlock(L, layer, t);
       kv::BlockFormat f = format(s, KVDType::F32);
       backend_.copy(blk.data + size_t(off * kRow) * 4, Tier::Device, k + (t - pos) * kRow, Tier::Device,
                     size_t(cnt * kRow) * 4);
       if (vRow > 0)
         backend_.copy(blk.data + f.vOffset() + size_t(off * vRow) * 4, Tier::Device, v + (t - pos) * vRow,
                       Tier::Device, size_t(cnt * vRow) * 4);
-      L.filled = t + cnt;
-      account(Tier::Device, 0, cnt, 0);
+      endWrite(L, layer, t, cnt);
       t += cnt;
-      if (off + cnt == B) seal(layer, b);
     }
+  }
+
+  bool writeInPlace(int layer, int64_t pos, int64_t n, float** k, float** v) override {
+    const int64_t B = opts_.blockTokens;
+    // One f32 block that stays f32 when it fills (sealing re-encodes it, and its rows are not written yet).
+    if (n <= 0 || pos < 0 || pos % B + n > B || sealedDeviceDType() != KVDType::F32) return false;
+    if (layerAt(layer).shape.vDim <= 0) return false;
+    Layer& L = beginWrite(layer, pos, n);
+    const auto& s = L.shape;
+    Block& blk = tailBlock(L, layer, pos);
+    const int64_t off = pos % B;
+    *k = reinterpret_cast<float*>(blk.data) + off * s.kvHeads * s.headDim;
+    *v = reinterpret_cast<float*>(blk.data + format(s, KVDType::F32).vOffset()) + off * s.kvHeads * s.vDim;
+    endWrite(L, layer, pos, n);
+    return true;
   }
 
   void chunks(int layer, int64_t end, std::vector<KVChunk>& out) override {
@@ -240,6 +233,45 @@ class PagedKVCache final : public KVCache {
   }
 
   // The block is full: store it in the device KV dtype (--kv-compress all).
+  // write() and writeInPlace(): checks, rewinds to pos, frees what left the window.
+  Layer& beginWrite(int layer, int64_t pos, int64_t n) {
+    Layer& L = layerAt(layer);
+    check(n >= 0 && pos >= 0, "kv cache: write of {} tokens at position {} of layer {}", n, pos, layer);
+    check(pos + n <= capacity_, "context full: {} tokens do not fit the KV cache of {} tokens", pos + n, capacity_);
+    check(pos <= L.filled, "kv cache: write at position {} of layer {} leaves a gap (the layer holds {} tokens)",
+          pos, layer, L.filled);
+    if (pos < L.filled) rewind(layer, pos);
+    freeOutsideWindow(L, pos);
+    return L;
+  }
+
+  // The block that position t goes into; a new f32 device block when t starts one.
+  Block& tailBlock(Layer& L, int layer, int64_t t) {
+    const int64_t B = opts_.blockTokens, b = t / B;
+    if (t % B == 0) {
+      kv::BlockFormat f = format(L.shape, KVDType::F32);
+      makeRoom(Tier::Device, f.bytes(), layer, t);
+      Block blk;
+      blk.live = true;
+      blk.tier = Tier::Device;
+      blk.dtype = KVDType::F32;
+      blk.bytes = f.bytes();
+      blk.data = static_cast<uint8_t*>(backend_.allocate(Tier::Device, blk.bytes));
+      if (int64_t(L.blocks.size()) <= b) L.blocks.resize(size_t(b + 1));
+      L.blocks[size_t(b)] = blk;
+      account(Tier::Device, +1, 0, int64_t(blk.bytes));
+    }
+    return L.blocks[size_t(b)];
+  }
+
+  // cnt tokens from t were stored in t's block: count them, seal the block when it is full.
+  void endWrite(Layer& L, int layer, int64_t t, int64_t cnt) {
+    const int64_t B = opts_.blockTokens;
+    L.filled = t + cnt;
+    account(Tier::Device, 0, cnt, 0);
+    if (t % B + cnt == B) seal(layer, t / B);
+  }
+
   void seal(int layer, int64_t b) {
     Layer& L = layers_[size_t(layer)];
     const KVDType dt = sealedDeviceDType();

@@ -137,28 +137,39 @@ void DecoderModel::norm(const float* x, int64_t n, const ParamVec& w, const Para
     backend_.rmsNorm(x, n, cfg_.hiddenSize, w.ptr(), float(cfg_.normEps), y);
 }
 
-void DecoderModel::residualNorm(Activations& a, const ParamVec& w, const ParamVec& b) {
-  if (cfg_.norm == NormType::LayerNorm) {
+void DecoderModel::normInput(Activations& a, const ParamVec& w, const ParamVec& b) {
+  if (!a.pending) {
+    norm(a.x.data(), a.n, w, b, a.h.data());
+  } else if (cfg_.norm == NormType::LayerNorm) {
     residual(a);
     norm(a.x.data(), a.n, w, b, a.h.data());
   } else {
     backend_.addRmsNorm(a.x.data(), a.out.data(), a.n, cfg_.hiddenSize, w.ptr(), float(cfg_.normEps), a.h.data());
   }
+  a.pending = false;
 }
 
 void DecoderModel::attentionBlock(int l, const AttentionWeights& w, Activations& a, KVCache& kv) {
   const int64_t n = a.n, H = cfg_.numHeads, KVH = cfg_.numKvHeads, D = cfg_.headDim;
   DeviceArray q(backend_, size_t(n * H * D));    // [n, H, D]
-  DeviceArray k(backend_, size_t(n * KVH * D));  // [n, KVH, D]
-  DeviceArray v(backend_, size_t(n * KVH * D));  // [n, KVH, D]
   DeviceArray o(backend_, size_t(n * H * D));    // [n, H, D]
-  const Backend::MatmulOut qkv[3] = {{w.q, w.qBias.ptr(), q.data()}, {w.k, w.kBias.ptr(), k.data()},
-                                     {w.v, w.vBias.ptr(), v.data()}};
+  // k, v [n, KVH, D]: projected straight into the cache's rows where it allows, else staged and copied.
+  float* k = nullptr;
+  float* v = nullptr;
+  DeviceArray kStage, vStage;
+  const bool inPlace = kv.writeInPlace(l, a.positions[0], n, &k, &v);
+  if (!inPlace) {
+    kStage = DeviceArray(backend_, size_t(n * KVH * D));
+    vStage = DeviceArray(backend_, size_t(n * KVH * D));
+    k = kStage.data();
+    v = vStage.data();
+  }
+  const Backend::MatmulOut qkv[3] = {{w.q, w.qBias.ptr(), q.data()}, {w.k, w.kBias.ptr(), k}, {w.v, w.vBias.ptr(), v}};
   backend_.matmulMany(a.h.data(), n, qkv, 3);
   RopeParams rp{rope_.invFreq.data(), rope_.rotDim, rope_.attentionScale, cfg_.ropeInterleave};
-  backend_.qkNormRope(q.data(), k.data(), n, H, KVH, D, w.qNorm.ptr(), w.kNorm.ptr(), float(cfg_.normEps),
+  backend_.qkNormRope(q.data(), k, n, H, KVH, D, w.qNorm.ptr(), w.kNorm.ptr(), float(cfg_.normEps),
                       a.positions.data(), rp);
-  kv.write(l, a.positions[0], n, k.data(), v.data());
+  if (!inPlace) kv.write(l, a.positions[0], n, k, v);
   std::vector<KVChunk> chunks;
   kv.chunks(l, a.positions[0] + n, chunks);
   AttentionParams ap;
@@ -380,14 +391,15 @@ void DecoderModel::loadStandardLayer(int l, bool moe) {
 
 void DecoderModel::layer(int l, Activations& a, KVCache& kv) {
   auto& w = layers_[size_t(l)];
-  norm(a.x.data(), a.n, w.attnNorm, w.attnNormBias, a.h.data());
+  normInput(a, w.attnNorm, w.attnNormBias);  // x += the previous layer's FFN output; h = norm(x)
   attentionBlock(l, w.attn, a, kv);
-  residualNorm(a, w.ffnNorm, w.ffnNormBias);  // x += attention; h = norm(x)
+  a.pending = true;
+  normInput(a, w.ffnNorm, w.ffnNormBias);  // x += attention; h = norm(x)
   if (w.moe)
     moeBlock(l, w.experts, a);
   else
     denseFfn(w.ffn, a.h.data(), a.n, a.out.data());
-  residual(a);
+  a.pending = true;  // added by the next layer's norm, or before the final norm
 }
 
 
@@ -429,8 +441,14 @@ void DecoderModel::forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache&
     layer(l, a, kv);
   }
   const int64_t rows = allLogits ? n : 1;
-  const float* last = a.x.data() + (n - rows) * hid;
-  norm(last, rows, outNorm_, outNormBias_, a.h.data());
+  float* last = a.x.data() + (n - rows) * hid;
+  if (a.pending && cfg_.norm != NormType::LayerNorm) {  // the last layer's output: x += out, then the final norm
+    backend_.addRmsNorm(last, a.out.data() + (n - rows) * hid, rows, hid, outNorm_.ptr(), float(cfg_.normEps),
+                        a.h.data());
+  } else {
+    if (a.pending) residual(a);
+    norm(last, rows, outNorm_, outNormBias_, a.h.data());
+  }
   DeviceArray out(backend_, size_t(rows * V));
   backend_.matmul(a.h.data(), rows, lmHead_, lmHeadBias_.ptr(), out.data());
   backend_.copy(logits, Tier::Host, out.data(), Tier::Device, size_t(rows * V) * sizeof(float));

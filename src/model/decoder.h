@@ -53,6 +53,7 @@ struct Activations {
   DeviceArray x;    // [n, hidden] residual stream
   DeviceArray h;    // [n, hidden] normed input of a block
   DeviceArray out;  // [n, hidden] block output
+  bool pending = false;  // out is a block's output not yet added to x (normInput() adds it)
 };
 
 class DecoderModel : public Model {
@@ -104,7 +105,9 @@ class DecoderModel : public Model {
   // overrides it, calls the base and binds its own with lease.bind(view, name).
   virtual void bindLayer(int l, const LayerLease& lease);
   // a.x += a.out, then a.h = norm(a.x) with (w, b) (fused on backends that can)
-  void residualNorm(Activations& a, const ParamVec& w, const ParamVec& b);
+  // h = norm(x) for the next block, after adding the previous block's output when a.pending (x += out; for RMSNorm
+  // in the same op, addRmsNorm).
+  void normInput(Activations& a, const ParamVec& w, const ParamVec& b);
   // x += y
   void residual(Activations& a) { backend_.axpy(1.0f, a.out.data(), a.n * cfg_.hiddenSize, a.x.data()); }
 

@@ -88,10 +88,10 @@ class DeepseekV3Model final : public DecoderModel {
  protected:
   void layer(int l, Activations& a, KVCache& kv) override {
     auto& w = layers_[size_t(l)];
-    norm(a.x.data(), a.n, w.attnNorm, w.attnNormBias, a.h.data());
+    normInput(a, w.attnNorm, w.attnNormBias);
     mlaAttention(l, mla_[size_t(l)], a, kv);
-    residual(a);
-    norm(a.x.data(), a.n, w.ffnNorm, w.ffnNormBias, a.h.data());
+    a.pending = true;
+    normInput(a, w.ffnNorm, w.ffnNormBias);
     if (w.moe) {
       moeBlock(l, w.experts, a);
       const FfnWeights& sh = shared_[size_t(l)];
@@ -103,7 +103,7 @@ class DeepseekV3Model final : public DecoderModel {
     } else {
       denseFfn(w.ffn, a.h.data(), a.n, a.out.data());
     }
-    residual(a);
+    a.pending = true;
   }
 
  private:

@@ -150,7 +150,8 @@ class CudaBackend final : public Backend {
     ck(cudaDeviceGetDefaultMemPool(&pool, 0), "cudaDeviceGetDefaultMemPool");
     uint64_t keep = UINT64_MAX;
     ck(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
-    graph_ = std::make_unique<cuda::GraphRecorder>(stream_);
+    const char* pdl = std::getenv("DOPPLER_CUDA_PDL");  // programmatic edges in step graphs (sm_90 and later)
+    graph_ = std::make_unique<cuda::GraphRecorder>(stream_, p.major >= 9 && !(pdl && std::string_view(pdl) == "0"));
     const char* g = std::getenv("DOPPLER_CUDA_GRAPHS");
     graphs_ = !(g && std::string_view(g) == "0");
   }
@@ -225,8 +226,8 @@ class CudaBackend final : public Backend {
       std::memcpy(dst, src, bytes);
       return;
     }
-    if (dDev && sDev && recordingHere()) {
-      graph_->copy(dst, src, bytes);
+    if (dDev && sDev && recordingHere()) {  // a kernel node of the step's graph
+      ck(cuda::copyDevice(dst, src, bytes, stream_), "device-to-device copy");
       return;
     }
     if (recordingHere()) flushRecorded();  // copies that involve the host run in order after the recorded ops
@@ -310,6 +311,10 @@ class CudaBackend final : public Backend {
     b.graphNodeUpdates = g.nodeUpdates;
     b.graphHostSeconds = g.hostSeconds;
     b.graphGpuSeconds = g.gpuSeconds;
+    b.graphFirstLaunchSeconds = g.firstLaunchSeconds;
+    b.graphGpuSpanSeconds = g.gpuSpanSeconds;
+    b.graphGpuGapSeconds = g.gpuGapSeconds;
+    b.graphGaps = g.gaps;
     return b;
   }
 
@@ -516,12 +521,15 @@ class CudaBackend final : public Backend {
     DeviceArray act(*this, size_t(topK * t.inter));
     int* idx = reinterpret_cast<int*>(sel.data());
     float* wts = sel.data() + topK;
-    ck(cuda::routeSoftmaxTopK(logits, int(numExperts), int(topK), normTopk, idx, wts, stream_), "route");
-    cuda::MoeArgs m{};
+    cuda::MoeArgs m{};  // routed by the gate/up kernel itself (no separate routing launch)
     m.ex = t.dev;
     m.sel = idx;
     m.selW = wts;
     m.assign = true;
+    m.logits = logits;
+    m.numExperts = int(numExperts);
+    m.topK = int(topK);
+    m.routeNorm = normTopk;
     ck(cuda::moeExperts(x, m, int(topK), t.type, t.inter, t.hid, limit, alpha, act.data(), out, stream_),
        "moeRoutedOnDevice");
     return true;

@@ -21,15 +21,24 @@ GraphRecorder::~GraphRecorder() {
     cudaEventDestroy(a);
     cudaEventDestroy(b);
   }
+  for (cudaEvent_t e : stepEnd_)
+    if (e) cudaEventDestroy(e);
 }
 
 void GraphRecorder::collectTimes() {
-  for (size_t i = 0; i < timed_; i++) {
+  auto seconds = [](cudaEvent_t a, cudaEvent_t b) {
     float ms = 0;
-    if (cudaEventSynchronize(events_[i].second) == cudaSuccess &&
-        cudaEventElapsedTime(&ms, events_[i].first, events_[i].second) == cudaSuccess)
-      stats_.gpuSeconds += double(ms) * 1e-3;
+    const bool ok = cudaEventSynchronize(b) == cudaSuccess && cudaEventElapsedTime(&ms, a, b) == cudaSuccess;
     cudaGetLastError();
+    return ok ? double(ms) * 1e-3 : 0.0;
+  };
+  for (size_t i = 0; i < timed_; i++) stats_.gpuSeconds += seconds(events_[i].first, events_[i].second);
+  if (timed_ > 0) {
+    stats_.gpuSpanSeconds += seconds(events_[0].first, events_[timed_ - 1].second);
+    if (ended_ >= 2) {  // the step before this one was recorded too: the GPU's idle time between the two
+      stats_.gpuGapSeconds += seconds(stepEnd_[(ended_ - 2) % 2], events_[0].first);
+      stats_.gaps++;
+    }
   }
   timed_ = 0;
 }
@@ -37,6 +46,7 @@ void GraphRecorder::collectTimes() {
 void GraphRecorder::begin() {
   collectTimes();  // the previous step's launches ended with it (its logits were copied to the host)
   t0_ = now();
+  launched_ = false;
   recording_ = true;
   segment_ = 0;
   count_ = 0;
@@ -52,7 +62,6 @@ GraphRecorder::Op& GraphRecorder::next() {
 void GraphRecorder::kernel(const void* func, dim3 grid, dim3 block, size_t smem, void** args, const size_t* sizes,
                            int count) {
   Op& op = next();
-  op.isCopy = false;
   op.func = func;
   op.grid = grid;
   op.block = block;
@@ -65,16 +74,6 @@ void GraphRecorder::kernel(const void* func, dim3 grid, dim3 block, size_t smem,
     op.params.resize(off + sizes[i]);
     std::memcpy(op.params.data() + off, args[i], sizes[i]);
   }
-  if (count_ >= segmentOps()) flush();
-}
-
-void GraphRecorder::copy(void* dst, const void* src, size_t bytes) {
-  Op& op = next();
-  op.isCopy = true;
-  op.func = nullptr;
-  op.dst = dst;
-  op.src = src;
-  op.bytes = bytes;
   if (count_ >= segmentOps()) flush();
 }
 
@@ -103,17 +102,19 @@ void GraphRecorder::build(Segment& s) {
   s.ops.resize(count_);
   for (size_t i = 0; i < count_; i++) std::swap(s.ops[i], ops_[i]);
   ck(cudaGraphCreate(&s.graph, 0), "cudaGraphCreate");
+  // A chain in issue order; with programmatic edges (every kernel here waits for its predecessor itself, see
+  // pdlBegin() in kernels.cu) the next kernel is scheduled, and prefetches its weights, while this one runs.
+  cudaGraphEdgeData edge{};
+  edge.from_port = cudaGraphKernelNodePortProgrammatic;
+  edge.type = cudaGraphDependencyTypeProgrammatic;
   cudaGraphNode_t prev = nullptr;
   for (Op& op : s.ops) {
     cudaGraphNode_t node = nullptr;
-    if (op.isCopy) {
-      ck(cudaGraphAddMemcpyNode1D(&node, s.graph, prev ? &prev : nullptr, prev ? 1 : 0, op.dst, op.src, op.bytes,
-                                  cudaMemcpyDeviceToDevice),
-         "cudaGraphAddMemcpyNode1D");
-    } else {
-      cudaKernelNodeParams p = nodeParams(op, argv_);
-      ck(cudaGraphAddKernelNode(&node, s.graph, prev ? &prev : nullptr, prev ? 1 : 0, &p), "cudaGraphAddKernelNode");
-    }
+    cudaKernelNodeParams p = nodeParams(op, argv_);
+    ck(cudaGraphAddKernelNode(&node, s.graph, nullptr, 0, &p), "cudaGraphAddKernelNode");
+    if (prev)
+      ck(cudaGraphAddDependencies(s.graph, &prev, &node, programmatic_ ? &edge : nullptr, 1),
+         "cudaGraphAddDependencies");
     s.nodes.push_back(node);
     prev = node;
   }
@@ -125,15 +126,8 @@ void GraphRecorder::update(Segment& s) {
   for (size_t i = 0; i < count_; i++) {
     Op& now = ops_[i];
     Op& was = s.ops[i];
-    if (now.isCopy) {
-      if (now.dst != was.dst || now.src != was.src || now.bytes != was.bytes) {
-        ck(cudaGraphExecMemcpyNodeSetParams1D(s.exec, s.nodes[i], now.dst, now.src, now.bytes,
-                                              cudaMemcpyDeviceToDevice),
-           "cudaGraphExecMemcpyNodeSetParams1D");
-        stats_.nodeUpdates++;
-      }
-    } else if (!sameDim(now.grid, was.grid) || !sameDim(now.block, was.block) || now.smem != was.smem ||
-               now.offsets != was.offsets || now.params != was.params) {
+    if (!sameDim(now.grid, was.grid) || !sameDim(now.block, was.block) || now.smem != was.smem ||
+        now.offsets != was.offsets || now.params != was.params) {
       cudaKernelNodeParams p = nodeParams(now, argv_);
       ck(cudaGraphExecKernelNodeSetParams(s.exec, s.nodes[i], &p), "cudaGraphExecKernelNodeSetParams");
       stats_.nodeUpdates++;
@@ -148,7 +142,7 @@ void GraphRecorder::flush() {
   Segment& s = segments_[segment_++];
   bool same = s.exec && s.ops.size() == count_;
   for (size_t i = 0; same && i < count_; i++)
-    same = ops_[i].isCopy == s.ops[i].isCopy && ops_[i].func == s.ops[i].func;
+    same = ops_[i].func == s.ops[i].func;
   const size_t n = count_;
   if (same) {
     update(s);
@@ -168,6 +162,10 @@ void GraphRecorder::flush() {
   ck(cudaEventRecord(ev.first, stream_), "cudaEventRecord");
   ck(cudaGraphLaunch(s.exec, stream_), "cudaGraphLaunch");
   ck(cudaEventRecord(ev.second, stream_), "cudaEventRecord");
+  if (!launched_) {
+    launched_ = true;
+    stats_.firstLaunchSeconds += now() - t0_;
+  }
 }
 
 void GraphRecorder::end() {
@@ -183,6 +181,11 @@ void GraphRecorder::end() {
   }
   recording_ = false;
   stats_.hostSeconds += now() - t0_;
+  if (timed_ == 0) return;  // nothing launched: no end to time
+  cudaEvent_t& e = stepEnd_[ended_ % 2];
+  if (!e) ck(cudaEventCreate(&e), "cudaEventCreate");
+  ck(cudaEventRecord(e, stream_), "cudaEventRecord");
+  ended_++;
 }
 
 void GraphRecorder::abort() noexcept {

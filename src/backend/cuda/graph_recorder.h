@@ -1,10 +1,12 @@
 // CUDA graphs for decode steps (issue #8). A decode step issues ~20 small launches per layer; on the GPU each
 // costs 3.5-5.5 us of host time, more than the small kernels run. The recorder takes the step's launches (through
-// the kernels' LaunchSink) and device-to-device copies instead of issuing them, and at flush() launches them as
-// one graph. The graph of a segment (the ops between two flushes; a step is usually one segment) is built once;
+// the kernels' LaunchSink; device-to-device copies are kernels too) instead of issuing them, and at flush()
+// launches them as one graph. The graph of a segment (the ops between two flushes; a step is usually one segment) is built once;
 // later steps compare each op with the one recorded before and update only the nodes whose arguments changed
 // (positions, KV blocks, scratch addresses), which costs microseconds, and rebuild only when the sequence of
-// kernels differs. The graph is a chain in issue order, so results are bit-identical to launching one by one.
+// kernels differs. The graph is a chain in issue order, so results are bit-identical to launching one by one; its
+// edges are programmatic (sm_90), so each kernel is scheduled while its predecessor runs and waits for it inside
+// (pdlBegin() in kernels.cu), which hides most of the 2-4 us gap between two small kernels.
 // A segment is also closed after segmentOps() ops (8 for a step's first segment, doubling up to 64), so the GPU
 // starts on the first part of a step while the host still records the rest (the boundaries depend on the op
 // count only, so every step splits the same way).
@@ -24,13 +26,18 @@ struct GraphStats {
   uint64_t builds = 0;       // graphs built and instantiated (first use, or the ops changed)
   uint64_t nodes = 0;        // ops issued through graphs
   uint64_t nodeUpdates = 0;  // nodes whose arguments were updated in place
-  double hostSeconds = 0;    // wall time from begin() to end() (recording, updates, launches)
+  double hostSeconds = 0;    // wall time from begin() to end() (recording, updates, launches, waits for results)
+  double firstLaunchSeconds = 0;  // wall time from begin() to the step's first graph launch
   double gpuSeconds = 0;     // GPU time of the launched graphs (events around each launch)
+  double gpuSpanSeconds = 0; // GPU time from a step's first launch starting to its last one ending
+  double gpuGapSeconds = 0;  // GPU time between a step's last launch ending and the next step's first starting
+  uint64_t gaps = 0;         // steps gpuGapSeconds covers (each after another recorded step)
 };
 
 class GraphRecorder final : public LaunchSink {
  public:
-  explicit GraphRecorder(cudaStream_t stream) : stream_(stream) {}
+  // programmatic: kernel-to-kernel edges let the next kernel start early (programmatic dependent launch).
+  GraphRecorder(cudaStream_t stream, bool programmatic) : stream_(stream), programmatic_(programmatic) {}
   ~GraphRecorder() override;
   GraphRecorder(const GraphRecorder&) = delete;
   GraphRecorder& operator=(const GraphRecorder&) = delete;
@@ -40,7 +47,6 @@ class GraphRecorder final : public LaunchSink {
   size_t segmentOps() const { return segment_ >= 3 ? 64 : size_t(8) << segment_; }
   void kernel(const void* func, dim3 grid, dim3 block, size_t smem, void** args, const size_t* sizes,
               int count) override;
-  void copy(void* dst, const void* src, size_t bytes);  // device to device, recorded
   // Launches the ops recorded since the last flush on the stream (nothing when there are none); the next ops form
   // the step's next segment. Throws Error on a CUDA failure.
   void flush();
@@ -50,15 +56,11 @@ class GraphRecorder final : public LaunchSink {
 
  private:
   struct Op {
-    bool isCopy = false;
     const void* func = nullptr;
     dim3 grid, block;
     size_t smem = 0;
     std::vector<uint8_t> params;   // the kernel's parameters, packed
     std::vector<uint32_t> offsets; // where each parameter starts in params
-    void* dst = nullptr;           // copy
-    const void* src = nullptr;
-    size_t bytes = 0;
   };
   struct Segment {
     cudaGraph_t graph = nullptr;
@@ -74,6 +76,7 @@ class GraphRecorder final : public LaunchSink {
   static cudaKernelNodeParams nodeParams(Op& op, std::vector<void*>& argv);
 
   cudaStream_t stream_;
+  bool programmatic_;
   bool recording_ = false;
   size_t segment_ = 0;          // index of the segment being recorded within the step
   std::vector<Op> ops_;         // recorded ops of the current segment (storage reused)
@@ -83,7 +86,10 @@ class GraphRecorder final : public LaunchSink {
   GraphStats stats_;
   std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events_;  // per launch of a step: start, stop
   size_t timed_ = 0;                                          // events_ used since the last collectTimes()
-  double t0_ = 0;                                             // begin() wall time
+  cudaEvent_t stepEnd_[2] = {};  // recorded at end(), alternately: the previous step's end stays for collectTimes()
+  uint64_t ended_ = 0;           // steps ended; step k's end event is stepEnd_[k % 2]
+  double t0_ = 0;                // begin() wall time
+  bool launched_ = false;        // the current step launched its first segment
 };
 
 }  // namespace doppler::cuda

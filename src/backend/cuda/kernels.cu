@@ -24,6 +24,30 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
+// Programmatic dependent launch (sm_90). In a step's graph every kernel follows the previous one over a
+// programmatic edge (graph_recorder.cpp), so it may be scheduled while that one still runs: each kernel first lets
+// its own successor be scheduled (launch_dependents), then waits until its predecessor has completed and its
+// writes are visible (wait), before it reads activations or writes anything. Only weights, which no kernel
+// writes, may be read (prefetched) before the wait. Launched without such an edge, both instructions return at once.
+__device__ __forceinline__ void pdlBegin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Asks the copy engine to bring [p, p + bytes) into L2 (p 16-byte aligned, bytes a multiple of 16); no-op before
+// sm_90. Used before pdlBegin() for the weights a block is about to stream, so that they arrive while the previous
+// kernel finishes.
+__device__ __forceinline__ void prefetchL2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// Blocks that may still start before their predecessor finishes: the first waves (132 SMs x up to 8 blocks).
+constexpr unsigned kPrefetchBlocks = 1056;
+
 __constant__ float kE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                                 -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
@@ -48,15 +72,25 @@ __device__ __forceinline__ float welem(const MatW& w, int64_t o, int64_t i) {
 // ---------------------------------------------------------------- GEMV, row layout (decode)
 
 // 8 consecutive weights of type T at p (16-byte aligned for f16/bf16, 32 bytes for f32) as floats.
+// 16 bytes of weights: read once per step, so they bypass L1 (no_allocate), which keeps the activations that
+// every warp re-reads (x, the experts' act) there.
+__device__ __forceinline__ uint4 ldWeights(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
 template <int T>
 __device__ __forceinline__ void load8(const void* p, float* f) {
   if constexpr (T == kF32) {
-    const float4 a = __ldg(static_cast<const float4*>(p));
-    const float4 b = __ldg(static_cast<const float4*>(p) + 1);
-    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
-    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+    const uint4 a = ldWeights(p);
+    const uint4 b = ldWeights(static_cast<const uint8_t*>(p) + 16);
+    f[0] = __uint_as_float(a.x); f[1] = __uint_as_float(a.y); f[2] = __uint_as_float(a.z); f[3] = __uint_as_float(a.w);
+    f[4] = __uint_as_float(b.x); f[5] = __uint_as_float(b.y); f[6] = __uint_as_float(b.z); f[7] = __uint_as_float(b.w);
   } else {
-    const uint4 u = __ldg(static_cast<const uint4*>(p));
+    const uint4 u = ldWeights(p);
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int k = 0; k < 4; k++) {
@@ -78,13 +112,19 @@ template <int T, int NT, bool VEC>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRow(const float* __restrict__ x, int n, const void* __restrict__ w,
                                                             int64_t out, int64_t in, const float* __restrict__ bias,
                                                             float* __restrict__ y) {
+  constexpr int es = T == kF32 ? 4 : 2;
+  if constexpr (VEC) {  // the block's rows are one contiguous range of 16-byte multiples
+    const int64_t o0 = int64_t(blockIdx.x) * kGemvWarps;
+    if (threadIdx.x == 0 && blockIdx.x < kPrefetchBlocks)
+      prefetchL2(static_cast<const uint8_t*>(w) + o0 * in * es, uint32_t(min(int64_t(kGemvWarps), out - o0) * in * es));
+  }
+  pdlBegin();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
   if (o >= out) return;
   float acc[NT];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-  constexpr int es = T == kF32 ? 4 : 2;
   const uint8_t* row = static_cast<const uint8_t*>(w) + o * in * es;
   if constexpr (VEC) {
 #pragma unroll 4
@@ -126,12 +166,17 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRow(const float* __res
 template <int T>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRowMulti(const float* __restrict__ x, int64_t in,
                                                                  const __grid_constant__ MultiGemv m) {
+  constexpr int es = T == kF32 ? 4 : 2;
   int j = 0;
   while (j + 1 < m.count && int64_t(blockIdx.x) >= m.firstBlock[j + 1]) j++;
+  const int64_t o0 = (int64_t(blockIdx.x) - m.firstBlock[j]) * kGemvWarps;
+  if (threadIdx.x == 0 && blockIdx.x < kPrefetchBlocks)  // rows of 16-byte multiples (matmulMany's condition)
+    prefetchL2(static_cast<const uint8_t*>(m.w[j]) + o0 * in * es,
+               uint32_t(min(int64_t(kGemvWarps), m.out[j] - o0) * in * es));
+  pdlBegin();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t o = (int64_t(blockIdx.x) - m.firstBlock[j]) * kGemvWarps + warp;
+  const int64_t o = o0 + warp;
   if (o >= m.out[j]) return;
-  constexpr int es = T == kF32 ? 4 : 2;
   const uint8_t* row = static_cast<const uint8_t*>(m.w[j]) + o * in * es;
   float acc = 0.0f;
 #pragma unroll 4
@@ -151,6 +196,7 @@ template <int NT>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvMxfp4(const float* __restrict__ x, int n,
                                                               const uint8_t* __restrict__ w, int64_t out, int64_t in,
                                                               const float* __restrict__ bias, float* __restrict__ y) {
+  pdlBegin();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
   if (o >= out) return;
@@ -197,6 +243,7 @@ constexpr int kColOut = 32, kColSlices = 8;
 template <int NT>
 __global__ void __launch_bounds__(kColOut * kColSlices) gemvCol(const float* __restrict__ x, int n, MatW w,
                                                                const float* __restrict__ bias, float* __restrict__ y) {
+  pdlBegin();
   __shared__ float part[NT][kColSlices][kColOut];
   const int lane = threadIdx.x % kColOut, slice = threadIdx.x / kColOut;
   const int64_t o = int64_t(blockIdx.x) * kColOut + lane;
@@ -235,6 +282,7 @@ constexpr int kBM = 64, kBN = 64, kBK = 16;
 template <bool COL>
 __global__ void __launch_bounds__(256) gemmTiled(const float* __restrict__ x, int64_t n, MatW w,
                                                  const float* __restrict__ bias, float* __restrict__ y) {
+  pdlBegin();
   __shared__ float As[kBK][kBM + 4];
   __shared__ float Bs[kBK][kBN + 4];
   const int tid = threadIdx.x;
@@ -283,9 +331,28 @@ __global__ void __launch_bounds__(256) gemmTiled(const float* __restrict__ x, in
 
 // ---------------------------------------------------------------- small ops
 
-__global__ void embedKernel(MatW t, const __grid_constant__ EmbedArgs e, int64_t dim, float* out) {
+constexpr int kRowPer = 16;  // values per thread a row kernel keeps in registers (rows up to 16 x blockDim)
+
+__global__ void embedKernel(MatW t, const __grid_constant__ EmbedArgs e, int64_t dim, float* __restrict__ out) {
   const int64_t i = blockIdx.x;
+  if (e.inl && dim <= int64_t(kRowPer) * blockDim.x) {  // the token is known: read its row before the wait
+    float v[kRowPer];
+#pragma unroll
+    for (int k = 0; k < kRowPer; k++) {
+      const int64_t c = threadIdx.x + int64_t(k) * blockDim.x;
+      v[k] = c < dim ? welem(t, e.idsInl[i], c) : 0.0f;
+    }
+    pdlBegin();
+#pragma unroll
+    for (int k = 0; k < kRowPer; k++) {
+      const int64_t c = threadIdx.x + int64_t(k) * blockDim.x;
+      if (c < dim) out[i * dim + c] = v[k];
+    }
+    return;
+  }
+  pdlBegin();
   const int64_t id = e.inl ? e.idsInl[i] : e.ids[i];
+#pragma unroll 4
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) out[i * dim + c] = welem(t, id, c);
 }
 
@@ -301,14 +368,47 @@ __device__ float blockSum(float v, float* red) {
   return s;
 }
 
-// add != nullptr: x += add first (the residual add fused into the next norm), x written back.
+// add != nullptr: x += add first (the residual add fused into the next norm), x written back. A row of up to
+// kRowPer x blockDim values is held in registers: the norm weights are read before the wait, the row's loads are
+// all issued before its first store (loads and stores through pointers that may alias would otherwise take one
+// memory round trip each).
 __global__ void rmsNormKernel(float* x, const float* add, int64_t dim, const float* w, float eps, float* y) {
   __shared__ float red[32];
   float* xr = x + int64_t(blockIdx.x) * dim;
   float* yr = y + int64_t(blockIdx.x) * dim;
+  const float* ar = add ? add + int64_t(blockIdx.x) * dim : nullptr;
+  if (dim <= int64_t(kRowPer) * blockDim.x) {
+    float wv[kRowPer], v[kRowPer];
+#pragma unroll
+    for (int k = 0; k < kRowPer; k++) {
+      const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
+      wv[k] = i < dim ? w[i] : 0.0f;
+    }
+    pdlBegin();
+#pragma unroll
+    for (int k = 0; k < kRowPer; k++) {
+      const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
+      v[k] = i >= dim ? 0.0f : ar ? xr[i] + ar[i] : xr[i];
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kRowPer; k++) {
+      const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
+      if (i < dim && ar) xr[i] = v[k];
+      ss += v[k] * v[k];
+    }
+    ss = blockSum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / float(dim) + eps);
+#pragma unroll
+    for (int k = 0; k < kRowPer; k++) {
+      const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
+      if (i < dim) yr[i] = (v[k] * inv) * wv[k];
+    }
+    return;
+  }
+  pdlBegin();
   float ss = 0.0f;
-  if (add) {
-    const float* ar = add + int64_t(blockIdx.x) * dim;
+  if (ar) {
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {  // each thread reads back only what it wrote
       const float v = xr[i] + ar[i];
       xr[i] = v;
@@ -323,6 +423,7 @@ __global__ void rmsNormKernel(float* x, const float* add, int64_t dim, const flo
 }
 
 __global__ void layerNormKernel(const float* x, int64_t dim, const float* w, const float* b, float eps, float* y) {
+  pdlBegin();
   __shared__ float red[32];
   const float* xr = x + int64_t(blockIdx.x) * dim;
   float* yr = y + int64_t(blockIdx.x) * dim;
@@ -338,6 +439,7 @@ __global__ void layerNormKernel(const float* x, int64_t dim, const float* w, con
 
 __global__ void ropeKernel(float* x, int64_t n, int64_t heads, int64_t headDim, const __grid_constant__ RopeArgs r,
                            int64_t half, float scale, bool interleaved) {
+  pdlBegin();
   const int64_t* positions = r.inl ? r.posInl : r.pos;
   const float* invFreq = r.inl ? r.invInl : r.inv;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -358,6 +460,7 @@ __global__ void ropeKernel(float* x, int64_t n, int64_t heads, int64_t headDim, 
 __global__ void qkNormRopeKernel(float* q, float* k, int64_t qHeads, int64_t kHeads, int64_t headDim,
                                  const float* qNorm, const float* kNorm, float eps,
                                  const __grid_constant__ RopeArgs r, int64_t half, float scale, bool interleaved) {
+  pdlBegin();
   extern __shared__ float hv[];  // [headDim]
   __shared__ float red[32];
   const int64_t i = blockIdx.y, hh = blockIdx.x;
@@ -393,9 +496,13 @@ __global__ void qkNormRopeKernel(float* q, float* k, int64_t qHeads, int64_t kHe
 constexpr int kAttnWarps = 16;  // keys split over 16 warps: decode has one block per head only
 
 // One block per (head, query): each warp runs an online softmax over every 16th key, then the warps merge.
-// Shared memory: q [D], then per warp acc [VD].
+// Shared memory: q [D], then per warp acc [VD]. PER > 0 (D, VD <= 32 * PER): each lane keeps its PER elements of q
+// and of the accumulator in registers and loads a key's k and v together (one memory round trip per key); PER == 0
+// is the general path through shared memory.
+template <int PER>
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attentionKernel(const float* q, const __grid_constant__ AttnArgs a,
                                                                      float* out) {
+  pdlBegin();
   const int64_t* positions = a.inl ? a.posInl : a.pos;
   const DevChunk* chunks = a.inl ? a.chunkInl : a.chunks;
   const int64_t numChunks = a.numChunks;
@@ -407,30 +514,75 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attentionKernel(const floa
   float* qs = sm;
   float* acc = sm + D + warp * VD;
   const float* qv = q + (i * H + h) * D;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qv[d];
-  for (int64_t d = lane; d < VD; d += kWarp) acc[d] = 0.0f;
-  __syncthreads();
   const int64_t pos = positions[i];
   const int64_t lo = a.window > 0 ? pos - a.window + 1 : 0;
   float m = -INFINITY, l = 0.0f;
-  for (int64_t c = 0; c < numChunks; c++) {
-    const DevChunk ch = chunks[c];
-    const int64_t t0 = max(ch.t0, lo), t1 = min(ch.t1, pos + 1);
-    for (int64_t t = t0 + warp; t < t1; t += kAttnWarps) {
-      const float* kp = ch.k + ((t - ch.t0) * KVH + kvh) * D;
-      float s = 0.0f;
-      for (int64_t d = lane; d < D; d += kWarp) s += qs[d] * kp[d];
-      s = warpSum(s) * a.scale;
-      const float* vp = ch.v + ((t - ch.t0) * KVH + kvh) * VD;
-      if (s > m) {
-        const float corr = expf(m - s);
-        l *= corr;
-        for (int64_t d = lane; d < VD; d += kWarp) acc[d] *= corr;
-        m = s;
+  if constexpr (PER > 0) {
+    float qr[PER], ar[PER];
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+      const int64_t d = lane + int64_t(k) * kWarp;
+      qr[k] = d < D ? qv[d] : 0.0f;
+      ar[k] = 0.0f;
+    }
+    for (int64_t c = 0; c < numChunks; c++) {
+      const DevChunk ch = chunks[c];
+      const int64_t t0 = max(ch.t0, lo), t1 = min(ch.t1, pos + 1);
+      for (int64_t t = t0 + warp; t < t1; t += kAttnWarps) {
+        const float* kp = ch.k + ((t - ch.t0) * KVH + kvh) * D;
+        const float* vp = ch.v + ((t - ch.t0) * KVH + kvh) * VD;
+        float kr[PER], vr[PER];
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+          const int64_t d = lane + int64_t(k) * kWarp;
+          kr[k] = d < D ? kp[d] : 0.0f;
+          vr[k] = d < VD ? vp[d] : 0.0f;
+        }
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < PER; k++) s += qr[k] * kr[k];
+        s = warpSum(s) * a.scale;
+        if (s > m) {
+          const float corr = expf(m - s);
+          l *= corr;
+#pragma unroll
+          for (int k = 0; k < PER; k++) ar[k] *= corr;
+          m = s;
+        }
+        const float wgt = expf(s - m);
+        l += wgt;
+#pragma unroll
+        for (int k = 0; k < PER; k++) ar[k] += wgt * vr[k];
       }
-      const float wgt = expf(s - m);
-      l += wgt;
-      for (int64_t d = lane; d < VD; d += kWarp) acc[d] += wgt * vp[d];
+    }
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+      const int64_t d = lane + int64_t(k) * kWarp;
+      if (d < VD) acc[d] = ar[k];
+    }
+  } else {
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qv[d];
+    for (int64_t d = lane; d < VD; d += kWarp) acc[d] = 0.0f;
+    __syncthreads();
+    for (int64_t c = 0; c < numChunks; c++) {
+      const DevChunk ch = chunks[c];
+      const int64_t t0 = max(ch.t0, lo), t1 = min(ch.t1, pos + 1);
+      for (int64_t t = t0 + warp; t < t1; t += kAttnWarps) {
+        const float* kp = ch.k + ((t - ch.t0) * KVH + kvh) * D;
+        float s = 0.0f;
+        for (int64_t d = lane; d < D; d += kWarp) s += qs[d] * kp[d];
+        s = warpSum(s) * a.scale;
+        const float* vp = ch.v + ((t - ch.t0) * KVH + kvh) * VD;
+        if (s > m) {
+          const float corr = expf(m - s);
+          l *= corr;
+          for (int64_t d = lane; d < VD; d += kWarp) acc[d] *= corr;
+          m = s;
+        }
+        const float wgt = expf(s - m);
+        l += wgt;
+        for (int64_t d = lane; d < VD; d += kWarp) acc[d] += wgt * vp[d];
+      }
     }
   }
   if (lane == 0) {
@@ -465,6 +617,7 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attentionKernel(const floa
 }
 
 __global__ void swigluKernel(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) {
+  pdlBegin();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   if (limit > 0) {
@@ -477,12 +630,27 @@ __global__ void swigluKernel(const float* gate, const float* up, int64_t n, floa
   }
 }
 
+// Device-to-device copy as a kernel: in a step's graph it is one more kernel node on the programmatic chain (a
+// memcpy node would end it). vec: dst, src and bytes multiples of 16.
+__global__ void copyKernel(uint8_t* dst, const uint8_t* src, int64_t bytes, bool vec) {
+  pdlBegin();
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  if (vec) {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < bytes / 16; i += stride)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+  } else {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < bytes; i += stride) dst[i] = src[i];
+  }
+}
+
 __global__ void axpyKernel(float a, const float* x, int64_t n, float* y) {
+  pdlBegin();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] += a * x[i];
 }
 
 __global__ void fillKernel(float* y, int64_t n, float v) {
+  pdlBegin();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] = v;
 }
@@ -496,20 +664,94 @@ __device__ __forceinline__ float swigluOne(float g, float u, float limit, float 
   return g / (1.0f + expf(-g)) * u;
 }
 
-// grid (rows / 8, experts): one warp per row r of expert j's gate and up.
+// Routing of one token by the whole block (blockDim.x a multiple of 32): p = softmax(logits) as the CPU computes it
+// (max subtracted, expf, divided by the sum); the K largest p, ties to the lower index, go to idx/w in descending
+// order (w renormalised to sum 1 when norm). Each thread ranks its experts against all E at once (rank = how many
+// come before it in that order), so there are no K sequential rounds. p: [E] shared memory; idx and w: shared or
+// global, complete when this returns (the block synchronises).
+__device__ void routeTopK(const float* logits, int E, int K, bool norm, float* p, int* idx, float* w) {
+  __shared__ float red[32];
+  __shared__ float mx;
+  float m = -INFINITY;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) m = fmaxf(m, logits[e]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float v = -INFINITY;
+    for (int k = 0; k < int(blockDim.x / kWarp); k++) v = fmaxf(v, red[k]);
+    mx = v;
+  }
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {  // every slot valid even when NaN logits leave ranks unfilled
+    idx[k] = 0;
+    w[k] = 0.0f;
+  }
+  __syncthreads();
+  float s = 0.0f;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) s += (p[e] = expf(logits[e] - mx));
+  const float sum = blockSum(s, red);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) p[e] /= sum;
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    const float pe = p[e];
+    int rank = 0;
+    for (int f = 0; f < E; f++) {
+      const float pf = p[f];
+      rank += (pf > pe) | ((pf == pe) & (f < e));
+    }
+    if (rank < K) {
+      idx[rank] = e;
+      w[rank] = pe;
+    }
+  }
+  __syncthreads();
+  if (norm) {
+    __shared__ float ksum;
+    if (threadIdx.x == 0) {
+      float t = 0.0f;
+      for (int k = 0; k < K; k++) t += w[k];  // descending order, as the sequential pick added them
+      ksum = t;
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < K; k += blockDim.x) w[k] /= ksum;
+    __syncthreads();
+  }
+}
+
+// grid (rows / 8, experts): one warp per row r of expert j's gate and up. With m.logits the block routes the token
+// itself first (routeTopK; every block gets the same answer) and block (0, 0) stores the choice in m.sel / m.selW
+// for the down kernel. Dynamic shared memory: [E] floats + [K] ints + [K] floats when routing.
 template <int T>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) moeGateUp(const float* __restrict__ x, const __grid_constant__ MoeArgs m,
                                                               int64_t inter, int64_t hid, float limit, float alpha,
                                                               float* __restrict__ act) {
+  extern __shared__ float routeSm[];
+  pdlBegin();
   const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t r = int64_t(blockIdx.x) * kGemvWarps + warp;
   const int j = blockIdx.y;
+  int e = m.sel ? -1 : j;
+  if (m.logits) {
+    int* sIdx = reinterpret_cast<int*>(routeSm + m.numExperts);
+    float* sW = routeSm + m.numExperts + m.topK;
+    routeTopK(m.logits, m.numExperts, m.topK, m.routeNorm, routeSm, sIdx, sW);
+    if (blockIdx.x == 0 && blockIdx.y == 0) {
+      for (int k = threadIdx.x; k < m.topK; k += blockDim.x) {
+        m.sel[k] = sIdx[k];
+        m.selW[k] = sW[k];
+      }
+    }
+    e = sIdx[j];
+  } else if (m.sel) {
+    e = m.sel[j];
+  }
   if (r >= inter) return;
-  const ExpertPtrs& e = ex[m.sel ? m.sel[j] : j];
+  const ExpertPtrs& ep = ex[e];
   constexpr int es = T == kF32 ? 4 : 2;
-  const uint8_t* gr = static_cast<const uint8_t*>(e.gate) + r * hid * es;
-  const uint8_t* ur = static_cast<const uint8_t*>(e.up) + r * hid * es;
+  const uint8_t* gr = static_cast<const uint8_t*>(ep.gate) + r * hid * es;
+  const uint8_t* ur = static_cast<const uint8_t*>(ep.up) + r * hid * es;
   float g = 0.0f, u = 0.0f;
 #pragma unroll 2
   for (int64_t i = int64_t(lane) * 8; i < hid; i += kWarp * 8) {
@@ -554,6 +796,7 @@ template <int T>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDownRows(const float* __restrict__ act,
                                                                 const __grid_constant__ MoeArgs m, int count,
                                                                 int64_t inter, int64_t hid, float* __restrict__ out) {
+  pdlBegin();
   const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
@@ -571,6 +814,7 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
                                                             int count, int64_t inter, int64_t hid,
                                                             float* __restrict__ out) {
   __shared__ float part[kGemvWarps];
+  pdlBegin();
   const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t h = blockIdx.x;
@@ -587,53 +831,11 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
   }
 }
 
-// One block of 256 threads: p = softmax(logits) as the CPU computes it (max subtracted, expf, divided by the sum),
-// then warp 0 picks the K largest p one at a time (ties: lower index).
+// One block of 256 threads: routeTopK into idx / w (device memory).
 __global__ void routeKernel(const float* logits, int E, int K, bool norm, int* idx, float* w) {
   extern __shared__ float p[];  // [E]
-  __shared__ float red[32];
-  __shared__ float mx;
-  float m = -INFINITY;
-  for (int e = threadIdx.x; e < E; e += blockDim.x) m = fmaxf(m, logits[e]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = m;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float v = -INFINITY;
-    for (int k = 0; k < int(blockDim.x / kWarp); k++) v = fmaxf(v, red[k]);
-    mx = v;
-  }
-  __syncthreads();
-  float s = 0.0f;
-  for (int e = threadIdx.x; e < E; e += blockDim.x) s += (p[e] = expf(logits[e] - mx));
-  const float sum = blockSum(s, red);
-  for (int e = threadIdx.x; e < E; e += blockDim.x) p[e] /= sum;
-  __syncthreads();
-  if (threadIdx.x >= kWarp) return;
-  const int lane = threadIdx.x;
-  float ksum = 0.0f;
-  for (int k = 0; k < K; k++) {
-    float bv = -INFINITY;
-    int bi = E;
-    for (int e = lane; e < E; e += kWarp)
-      if (p[e] > bv) { bv = p[e]; bi = e; }  // ascending e per lane: the first maximum wins
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-    }
-    if (lane == 0) {
-      idx[k] = bi;
-      w[k] = bv;
-      p[bi] = -INFINITY;  // taken
-    }
-    ksum += bv;
-    __syncwarp();
-  }
-  if (lane == 0 && norm)
-    for (int k = 0; k < K; k++) w[k] /= ksum;
+  pdlBegin();
+  routeTopK(logits, E, K, norm, p, idx, w);
 }
 
 unsigned blocksFor(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
@@ -769,11 +971,16 @@ cudaError_t qkNormRope(float* q, float* k, int64_t n, int64_t qHeads, int64_t kH
 cudaError_t attention(const float* q, int64_t n, const AttnArgs& a, float* out, cudaStream_t s) {
   if (n <= 0) return cudaSuccess;
   const size_t smem = size_t(a.headDim + kAttnWarps * a.vDim) * sizeof(float);
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(attentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return e;
-  }
-  launch(attentionKernel, dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s, q, a, out);
+  auto run = [&](auto kernel) {
+    if (smem > 48 * 1024) {
+      cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      if (e != cudaSuccess) return e;
+    }
+    launch(kernel, dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s, q, a, out);
+    return cudaSuccess;
+  };
+  const cudaError_t e = a.headDim <= 4 * kWarp && a.vDim <= 4 * kWarp ? run(attentionKernel<4>) : run(attentionKernel<0>);
+  if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 
@@ -783,24 +990,17 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
   const dim3 g1(unsigned((inter + kGemvWarps - 1) / kGemvWarps), unsigned(count));
   const bool rows = count < 4;
   const unsigned g2 = rows ? unsigned((hidden + kGemvWarps - 1) / kGemvWarps) : unsigned(hidden);
-#define DOPPLER_MOE_DOWN(T)                                                                                   \
-  if (rows) launch(moeDownRows<T>, g2, kGemvWarps * kWarp, 0, s, act, experts, count, inter, hidden, out);      \
+  const size_t smem = experts.logits ? size_t(experts.numExperts + 2 * experts.topK) * sizeof(float) : 0;
+#define DOPPLER_MOE(T)                                                                                        \
+  launch(moeGateUp<T>, g1, kGemvWarps * kWarp, smem, s, x, experts, inter, hidden, limit, alpha, act);   \
+  if (rows) launch(moeDownRows<T>, g2, kGemvWarps * kWarp, 0, s, act, experts, count, inter, hidden, out); \
   else launch(moeDown<T>, g2, kGemvWarps * kWarp, 0, s, act, experts, count, inter, hidden, out);
   switch (type) {
-    case kF32:
-      launch(moeGateUp<kF32>, g1, kGemvWarps * kWarp, 0, s, x, experts, inter, hidden, limit, alpha, act);
-      DOPPLER_MOE_DOWN(kF32)
-      break;
-    case kF16:
-      launch(moeGateUp<kF16>, g1, kGemvWarps * kWarp, 0, s, x, experts, inter, hidden, limit, alpha, act);
-      DOPPLER_MOE_DOWN(kF16)
-      break;
-    default:
-      launch(moeGateUp<kBF16>, g1, kGemvWarps * kWarp, 0, s, x, experts, inter, hidden, limit, alpha, act);
-      DOPPLER_MOE_DOWN(kBF16)
-      break;
+    case kF32: DOPPLER_MOE(kF32) break;
+    case kF16: DOPPLER_MOE(kF16) break;
+    default: DOPPLER_MOE(kBF16) break;
   }
-#undef DOPPLER_MOE_DOWN
+#undef DOPPLER_MOE
   return cudaGetLastError();
 }
 
@@ -813,6 +1013,15 @@ cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, f
                    cudaStream_t s) {
   if (n <= 0) return cudaSuccess;
   launch(swigluKernel, blocksFor(n, 256), 256, 0, s, gate, up, n, limit, alpha, out);
+  return cudaGetLastError();
+}
+
+cudaError_t copyDevice(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+  if (bytes == 0) return cudaSuccess;
+  const bool vec = (reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | bytes) % 16 == 0;
+  const int64_t units = vec ? int64_t(bytes / 16) : int64_t(bytes);
+  launch(copyKernel, unsigned(std::min<int64_t>(blocksFor(units, 256), 1024)), 256, 0, s,
+         static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), int64_t(bytes), vec);
   return cudaGetLastError();
 }
 

@@ -116,9 +116,14 @@ struct MoeArgs {
   const ExpertPtrs* ex;  // [count] (device) unless inl
   bool inl;
   ExpertPtrs exInl[kInlineExperts];
-  const int* sel;        // device routing: expert j of the launch is ex[sel[j]] with weight selW[j]; else nullptr
-  const float* selW;
+  int* sel;              // device routing: expert j of the launch is ex[sel[j]] with weight selW[j]; else nullptr
+  float* selW;
   bool assign;           // out = Σ (instead of out += Σ)
+  // Routing inside the launch (with sel): the gate/up kernel routes the token by logits [numExperts] as
+  // routeSoftmaxTopK does (count == topK) and writes sel / selW for the down kernel. nullptr: sel is given.
+  const float* logits;
+  int numExperts, topK;
+  bool routeNorm;
 };
 // Device routing for one token: softmax over logits [E], the K best (ties: lower index), renormalised when norm.
 cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s);
@@ -126,6 +131,7 @@ cudaError_t moeExperts(const float* x, const MoeArgs& m, int count, int type, in
                        float limit, float alpha, float* act, float* out, cudaStream_t s);
 
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
+cudaError_t copyDevice(void* dst, const void* src, size_t bytes, cudaStream_t s);  // a kernel, not a memcpy
 cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s);
 cudaError_t fill(float* y, int64_t n, float v, cudaStream_t s);
 
