@@ -6,9 +6,9 @@
 #   STAGES: any of info,tests,memcheck,opsbench,ncu,bench,benchvariants,benchpaged,benchwarm,benchcpu (default
 #   info,tests,memcheck,bench,benchpaged). ncu: per-kernel time and DRAM bytes (Nsight Compute) of the first decode
 #   steps. bench: resident decode (CUDA graphs); benchvariants: the same without graphs (DOPPLER_CUDA_GRAPHS=0) and
-#   without programmatic edges (DOPPLER_CUDA_PDL=0); benchpaged: 25 % of the experts on the GPU, hybrid execution, --no-hybrid and
-#   DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier warm); benchcpu: the CPU
-#   backend. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
+#   without programmatic edges (DOPPLER_CUDA_PDL=0); benchpaged: 25 % of the experts on the GPU, hybrid execution,
+#   --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier warm);
+#   benchcpu: the CPU backend. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
 OUTD=$(mktemp -d /tmp/cuda-logs.XXXX)  # every log; packed into $OUT/cuda-logs.tgz at the end

@@ -200,6 +200,81 @@ TEST(PagedKV, F32ExactWithAndWithoutSpill) {
     }
 }
 
+// writeInPlace (the model projects k and v straight into the cache) stores exactly what write() stores, with the
+// same statistics, under spilling; it declines (changing nothing) where the rows are not plain f32 ranges.
+TEST(PagedKV, WriteInPlaceStoresWhatWriteStores) {
+  const auto shapes = mixedShapes();
+  const int64_t T = 45, B = 8;
+  std::vector<LayerData> data;
+  for (size_t l = 0; l < shapes.size(); l++) data.push_back(randomLayer(shapes[l], T, uint32_t(40 + l)));
+  auto be = makeCpuBackend();
+  PagedKVOptions o;
+  o.blockTokens = B;
+  o.deviceBytes = uint64_t(perToken(shapes, KVDType::F32, B) * 3 * B);  // spills
+  auto ref = makePagedKVCache(*be, shapes, T, o);
+  auto kv = makePagedKVCache(*be, shapes, T, o);
+  fill(*ref, data, T, 1);
+  int64_t inPlace = 0;
+  for (int64_t t = 0; t < T; t++) {
+    for (size_t l = 0; l < shapes.size(); l++) {
+      const auto& sh = shapes[l];
+      const int64_t kr = sh.kvHeads * sh.headDim, vr = sh.kvHeads * sh.vDim;
+      float* k = nullptr;
+      float* v = nullptr;
+      if (kv->writeInPlace(int(l), t, 1, &k, &v)) {
+        ASSERT_GT(vr, 0) << "a keys-only layer has no value rows to hand out";
+        std::memcpy(k, data[l].k.data() + t * kr, size_t(kr) * 4);
+        std::memcpy(v, data[l].v.data() + t * vr, size_t(vr) * 4);
+        inPlace++;
+      } else {
+        EXPECT_EQ(vr, 0) << "layer " << l << " token " << t;
+        kv->write(int(l), t, 1, data[l].k.data() + t * kr, vr ? data[l].v.data() + t * vr : nullptr);
+      }
+    }
+  }
+  EXPECT_EQ(inPlace, 2 * T);
+  for (size_t l = 0; l < shapes.size(); l++) {
+    std::vector<float> k, v, rk, rv;
+    gather(*kv, int(l), shapes[l], T, k, v);
+    gather(*ref, int(l), shapes[l], T, rk, rv);
+    ASSERT_EQ(0, std::memcmp(k.data(), data[l].k.data(), k.size() * 4)) << "layer " << l;
+    ASSERT_EQ(0, std::memcmp(v.data(), data[l].v.data(), v.size() * 4)) << "layer " << l;
+  }
+  const KVStats &a = *kv->stats(), &b = *ref->stats();
+  EXPECT_GT(a.spilledBlocks, 0);
+  EXPECT_EQ(a.spilledBlocks, b.spilledBlocks);
+  EXPECT_EQ(a.device.tokens, b.device.tokens);
+  EXPECT_EQ(a.device.blocks, b.device.blocks);
+  EXPECT_EQ(a.host.tokens, b.host.tokens);
+
+  // Declined, nothing changed: rows across a block boundary, and a cache that re-encodes full device blocks.
+  float* k = nullptr;
+  float* v = nullptr;
+  auto fresh = makePagedKVCache(*be, shapes, T, o);
+  fill(*fresh, data, B - 1, 1);
+  EXPECT_FALSE(fresh->writeInPlace(0, B - 1, 2, &k, &v));
+  EXPECT_EQ(fresh->length(0), B - 1);
+  EXPECT_EQ(k, nullptr);
+  PagedKVOptions c = o;
+  c.dtype = KVDType::Int8;
+  c.compress = KVCompress::All;
+  auto compressed = makePagedKVCache(*be, shapes, T, c);
+  EXPECT_FALSE(compressed->writeInPlace(0, 0, 1, &k, &v));
+  EXPECT_EQ(compressed->length(0), 0);
+
+  // Rewinding in place drops the later tokens, as write() does; the rows handed out are position 3's.
+  ASSERT_TRUE(kv->writeInPlace(0, 3, 1, &k, &v));
+  EXPECT_EQ(kv->length(0), 4);
+  const int64_t kr = shapes[0].kvHeads * shapes[0].headDim, vr = shapes[0].kvHeads * shapes[0].vDim;
+  std::memcpy(k, data[0].k.data() + 10 * kr, size_t(kr) * 4);
+  std::memcpy(v, data[0].v.data() + 10 * vr, size_t(vr) * 4);
+  std::vector<float> gk, gv;
+  gather(*kv, 0, shapes[0], 4, gk, gv);
+  EXPECT_EQ(0, std::memcmp(gk.data(), data[0].k.data(), size_t(3 * kr) * 4));
+  EXPECT_EQ(0, std::memcmp(gk.data() + 3 * kr, data[0].k.data() + 10 * kr, size_t(kr) * 4));
+  EXPECT_EQ(0, std::memcmp(gv.data() + 3 * vr, data[0].v.data() + 10 * vr, size_t(vr) * 4));
+}
+
 // Attention over chunks of a spilled f32 cache gives bit-identical results to the contiguous cache.
 TEST(PagedKV, AttentionBitIdenticalToContiguous) {
   const KVLayerShape s{2, 16, 16};

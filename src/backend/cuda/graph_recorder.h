@@ -1,12 +1,12 @@
-// CUDA graphs for decode steps (issue #8). A decode step issues ~20 small launches per layer; on the GPU each
+// CUDA graphs for decode steps (issue #8). A decode step issues ~15 small launches per layer; on the GPU each
 // costs 3.5-5.5 us of host time, more than the small kernels run. The recorder takes the step's launches (through
 // the kernels' LaunchSink; device-to-device copies are kernels too) instead of issuing them, and at flush()
-// launches them as one graph. The graph of a segment (the ops between two flushes; a step is usually one segment) is built once;
-// later steps compare each op with the one recorded before and update only the nodes whose arguments changed
-// (positions, KV blocks, scratch addresses), which costs microseconds, and rebuild only when the sequence of
-// kernels differs. The graph is a chain in issue order, so results are bit-identical to launching one by one; its
-// edges are programmatic (sm_90), so each kernel is scheduled while its predecessor runs and waits for it inside
-// (pdlBegin() in kernels.cu), which hides most of the 2-4 us gap between two small kernels.
+// launches them as one graph. The graph of a segment (the ops between two flushes; a step is usually one segment)
+// is built once; later steps compare each op with the one recorded before and update only the nodes whose
+// arguments changed (positions, KV blocks, scratch addresses), which costs microseconds, and rebuild only when
+// the sequence of kernels differs. The graph is a chain in issue order, so results are bit-identical to launching
+// one by one; its edges are programmatic (sm_90), so each kernel is scheduled while its predecessor runs and waits
+// for it inside (pdlBegin() in kernels.cu), which hides part of the gap between two small kernels.
 // A segment is also closed after segmentOps() ops (8 for a step's first segment, doubling up to 64), so the GPU
 // starts on the first part of a step while the host still records the rest (the boundaries depend on the op
 // count only, so every step splits the same way).

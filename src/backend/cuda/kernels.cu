@@ -1,5 +1,7 @@
 // CUDA kernels: f32 activations, f32 accumulation, weights f32/f16/bf16 (row or column layout) and MXFP4 (row).
 // Correctness first; the decode GEMV is the one tuned for bandwidth (one warp per output row, 16-byte loads).
+// Decode steps run as CUDA graphs whose kernels overlap their neighbours (pdlBegin): a kernel reads its weights
+// (norm weights into registers, GEMV rows into L2) before it waits for the previous kernel's results.
 #include "backend/cuda/kernels.h"
 
 #include <cuda_fp16.h>
@@ -979,7 +981,8 @@ cudaError_t attention(const float* q, int64_t n, const AttnArgs& a, float* out, 
     launch(kernel, dim3(unsigned(a.numHeads), unsigned(n)), kAttnWarps * kWarp, smem, s, q, a, out);
     return cudaSuccess;
   };
-  const cudaError_t e = a.headDim <= 4 * kWarp && a.vDim <= 4 * kWarp ? run(attentionKernel<4>) : run(attentionKernel<0>);
+  const bool regs = a.headDim <= 4 * kWarp && a.vDim <= 4 * kWarp;  // head dims up to 128: the register path
+  const cudaError_t e = regs ? run(attentionKernel<4>) : run(attentionKernel<0>);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
