@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <thread>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -73,4 +76,33 @@ TEST(ThreadPool, CoversRangeOnce) {
     });
   }
   for (int h : hits) EXPECT_EQ(h, 50);
+}
+
+// Loops right after each other (workers still spinning), after the workers fell asleep, uneven and tiny ranges,
+// and two threads calling at once (they take turns): every index is run exactly once per loop.
+TEST(ThreadPool, SpinningSleepingAndConcurrentCallers) {
+  ThreadPool pool(4);
+  std::vector<std::atomic<int>> hits(997);
+  auto loop = [&](int64_t n) {
+    pool.parallelFor(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; i++) hits[size_t(i)]++;
+    });
+  };
+  int64_t expected0 = 0;
+  for (int rep = 0; rep < 2000; rep++, expected0++) loop(1 + rep % 997);  // index 0 is in every loop
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // well past spinMicros(): the workers sleep
+  loop(997);
+  expected0++;
+  std::thread other([&] {
+    for (int rep = 0; rep < 500; rep++) loop(997);
+  });
+  for (int rep = 0; rep < 500; rep++) loop(997);
+  other.join();
+  expected0 += 1000;
+  EXPECT_EQ(hits[0].load(), expected0);
+  for (int64_t i = 1; i < 997; i++) {  // loop(n) for n = 1 + rep % 997 covers i when n > i
+    int64_t early = 0;
+    for (int rep = 0; rep < 2000; rep++) early += (1 + rep % 997) > i;
+    ASSERT_EQ(hits[size_t(i)].load(), early + 1001) << "index " << i;
+  }
 }
