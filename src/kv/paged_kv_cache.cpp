@@ -232,7 +232,6 @@ class PagedKVCache final : public KVCache {
     blk = Block{};
   }
 
-  // The block is full: store it in the device KV dtype (--kv-compress all).
   // write() and writeInPlace(): checks, rewinds to pos, frees what left the window.
   Layer& beginWrite(int layer, int64_t pos, int64_t n) {
     Layer& L = layerAt(layer);
@@ -272,6 +271,7 @@ class PagedKVCache final : public KVCache {
     if (t % B + cnt == B) seal(layer, t / B);
   }
 
+  // The block is full: store it in the device KV dtype (--kv-compress all).
   void seal(int layer, int64_t b) {
     Layer& L = layers_[size_t(layer)];
     const KVDType dt = sealedDeviceDType();

@@ -65,8 +65,9 @@ class DecoderModel : public Model {
   void setHostBackend(Backend* host) override { host_ = host; }
 
  protected:
-  // One layer: reads a.x, leaves the updated residual stream in a.x. The default is the pre-norm block
-  // x += attn(norm(x)); x += ffn(norm(x)) with ffn = MoE or dense per layer; architectures that differ override it.
+  // One layer: reads the residual stream (a.x, plus a.out when a.pending), leaves it as a.x + a.out with a.pending
+  // set (the next normInput() adds it). The default is the pre-norm block x += attn(norm(x)); x += ffn(norm(x))
+  // with ffn = MoE or dense per layer; architectures that differ override it.
   virtual void layer(int l, Activations& a, KVCache& kv);
   // Loads what the default layer() uses for layer l: norms, attention and a MoE or dense (layers.l.ffn) FFN.
   void loadStandardLayer(int l, bool moe);
@@ -104,7 +105,6 @@ class DecoderModel : public Model {
   // fields (attention q/k/v/o, dense FFN gate/up/down, router); an architecture keeping matrices elsewhere
   // overrides it, calls the base and binds its own with lease.bind(view, name).
   virtual void bindLayer(int l, const LayerLease& lease);
-  // a.x += a.out, then a.h = norm(a.x) with (w, b) (fused on backends that can)
   // h = norm(x) for the next block, after adding the previous block's output when a.pending (x += out; for RMSNorm
   // in the same op, addRmsNorm).
   void normInput(Activations& a, const ParamVec& w, const ParamVec& b);
