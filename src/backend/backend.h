@@ -51,19 +51,24 @@ struct ExpertCall {
   float weight = 0;           // routing weight
 };
 
+// Decode steps recorded and replayed as GPU graphs (Backend::beginStep; the CUDA backend's GraphRecorder).
+struct GraphStats {
+  uint64_t steps = 0;        // steps recorded as graphs (beginStep .. endStep)
+  uint64_t launches = 0;     // graph launches (segments)
+  uint64_t builds = 0;       // graphs built and instantiated (first use, or a step's ops changed)
+  uint64_t nodes = 0;        // ops run through graphs
+  uint64_t nodeUpdates = 0;  // nodes whose arguments were updated in place before a launch
+  double hostSeconds = 0;    // host time inside recorded steps (recording, updates, launches, result waits)
+  double firstLaunchSeconds = 0;  // host time from a step's start to its first graph launch
+  double gpuSeconds = 0;     // GPU time of the graph launches (events around each launch)
+  double gpuSpanSeconds = 0; // GPU time from a step's first launch starting to its last ending
+  double gpuGapSeconds = 0;  // GPU time from one step's end to the next step's first launch starting
+  uint64_t gaps = 0;         // steps gpuGapSeconds covers (each after another recorded step)
+};
+
 // Counters a backend keeps (all zero on the CPU backend).
 struct BackendStats {
-  uint64_t graphSteps = 0;        // steps recorded as graphs (beginStep .. endStep)
-  uint64_t graphLaunches = 0;     // graph launches
-  uint64_t graphBuilds = 0;       // graphs built (first step, or when a step's ops changed)
-  uint64_t graphNodes = 0;        // ops run through graphs
-  uint64_t graphNodeUpdates = 0;  // ops whose arguments were updated in place before a launch
-  double graphHostSeconds = 0;    // host time inside recorded steps (recording, updates, launches, result waits)
-  double graphFirstLaunchSeconds = 0;  // host time from a step's start to its first graph launch
-  double graphGpuSeconds = 0;     // GPU time of the graph launches
-  double graphGpuSpanSeconds = 0; // GPU time from a step's first launch starting to its last ending
-  double graphGpuGapSeconds = 0;  // GPU time from one step's end to the next step's first launch starting
-  uint64_t graphGaps = 0;         // steps graphGpuGapSeconds covers
+  GraphStats graphs;
 };
 
 class Backend {

@@ -133,15 +133,17 @@ nlohmann::json Engine::stats() const {
   // KV cache (docs/kv-cache.md).
   j["kv"] = kvStatsJson(*kvStats_);
   // Decode steps replayed as GPU graphs (Backend::beginStep).
-  const BackendStats bs = backend_->stats();
-  if (bs.graphSteps)
-    j["graphs"] = {{"steps", bs.graphSteps}, {"launches", bs.graphLaunches}, {"builds", bs.graphBuilds},
-                   {"nodes", bs.graphNodes}, {"node_updates", bs.graphNodeUpdates},
-                   {"host_ms_per_step", 1e3 * bs.graphHostSeconds / double(bs.graphSteps)},
-                   {"first_launch_ms_per_step", 1e3 * bs.graphFirstLaunchSeconds / double(bs.graphSteps)},
-                   {"gpu_ms_per_step", 1e3 * bs.graphGpuSeconds / double(bs.graphSteps)},
-                   {"gpu_span_ms_per_step", 1e3 * bs.graphGpuSpanSeconds / double(bs.graphSteps)},
-                   {"gpu_gap_ms_per_step", bs.graphGaps ? 1e3 * bs.graphGpuGapSeconds / double(bs.graphGaps) : 0.0}};
+  const GraphStats g = backend_->stats().graphs;
+  if (g.steps) {
+    const double steps = double(g.steps);
+    j["graphs"] = {{"steps", g.steps}, {"launches", g.launches}, {"builds", g.builds},
+                   {"nodes", g.nodes}, {"node_updates", g.nodeUpdates},
+                   {"host_ms_per_step", 1e3 * g.hostSeconds / steps},
+                   {"first_launch_ms_per_step", 1e3 * g.firstLaunchSeconds / steps},
+                   {"gpu_ms_per_step", 1e3 * g.gpuSeconds / steps},
+                   {"gpu_span_ms_per_step", 1e3 * g.gpuSpanSeconds / steps},
+                   {"gpu_gap_ms_per_step", g.gaps ? 1e3 * g.gpuGapSeconds / double(g.gaps) : 0.0}};
+  }
   return j;
 }
 

@@ -118,7 +118,7 @@ TEST_P(CudaParity, GraphsBitIdentical) {
       all.insert(all.end(), logits.begin(), logits.end());
       tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
     }
-    *steps = engine->backend().stats().graphSteps;
+    *steps = engine->backend().stats().graphs.steps;
     return all;
   };
   uint64_t withSteps = 0, withoutSteps = 0;

@@ -302,19 +302,8 @@ class CudaBackend final : public Backend {
     deferredFrees_.clear();
   }
   BackendStats stats() const override {
-    const cuda::GraphStats& g = graph_->stats();
     BackendStats b;
-    b.graphSteps = g.steps;
-    b.graphLaunches = g.launches;
-    b.graphBuilds = g.builds;
-    b.graphNodes = g.nodes;
-    b.graphNodeUpdates = g.nodeUpdates;
-    b.graphHostSeconds = g.hostSeconds;
-    b.graphGpuSeconds = g.gpuSeconds;
-    b.graphFirstLaunchSeconds = g.firstLaunchSeconds;
-    b.graphGpuSpanSeconds = g.gpuSpanSeconds;
-    b.graphGpuGapSeconds = g.gpuGapSeconds;
-    b.graphGaps = g.gaps;
+    b.graphs = graph_->stats();
     return b;
   }
 

@@ -16,23 +16,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/backend.h"
 #include "backend/cuda/kernels.h"
 
 namespace doppler::cuda {
-
-struct GraphStats {
-  uint64_t steps = 0;        // beginStep() .. endStep() brackets recorded
-  uint64_t launches = 0;     // graph launches (segments)
-  uint64_t builds = 0;       // graphs built and instantiated (first use, or the ops changed)
-  uint64_t nodes = 0;        // ops issued through graphs
-  uint64_t nodeUpdates = 0;  // nodes whose arguments were updated in place
-  double hostSeconds = 0;    // wall time from begin() to end() (recording, updates, launches, waits for results)
-  double firstLaunchSeconds = 0;  // wall time from begin() to the step's first graph launch
-  double gpuSeconds = 0;     // GPU time of the launched graphs (events around each launch)
-  double gpuSpanSeconds = 0; // GPU time from a step's first launch starting to its last one ending
-  double gpuGapSeconds = 0;  // GPU time between a step's last launch ending and the next step's first starting
-  uint64_t gaps = 0;         // steps gpuGapSeconds covers (each after another recorded step)
-};
 
 class GraphRecorder final : public LaunchSink {
  public:

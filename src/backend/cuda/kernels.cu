@@ -833,13 +833,6 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
   }
 }
 
-// One block of 256 threads: routeTopK into idx / w (device memory).
-__global__ void routeKernel(const float* logits, int E, int K, bool norm, int* idx, float* w) {
-  extern __shared__ float p[];  // [E]
-  pdlBegin();
-  routeTopK(logits, E, K, norm, p, idx, w);
-}
-
 unsigned blocksFor(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
 thread_local LaunchSink* tSink = nullptr;
@@ -1004,11 +997,6 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
     default: DOPPLER_MOE(kBF16) break;
   }
 #undef DOPPLER_MOE
-  return cudaGetLastError();
-}
-
-cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s) {
-  launch(routeKernel, 1, 256, size_t(E) * sizeof(float), s, logits, E, K, norm, idx, w);
   return cudaGetLastError();
 }
 

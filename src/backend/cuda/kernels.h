@@ -119,14 +119,13 @@ struct MoeArgs {
   int* sel;              // device routing: expert j of the launch is ex[sel[j]] with weight selW[j]; else nullptr
   float* selW;
   bool assign;           // out = Σ (instead of out += Σ)
-  // Routing inside the launch (with sel): the gate/up kernel routes the token by logits [numExperts] as
-  // routeSoftmaxTopK does (count == topK) and writes sel / selW for the down kernel. nullptr: sel is given.
+  // Routing inside the launch (with sel): the gate/up kernel routes the token by logits [numExperts] (softmax,
+  // the topK best, ties to the lower index, renormalised when routeNorm; count == topK) and writes sel / selW for
+  // the down kernel. nullptr: sel is given.
   const float* logits;
   int numExperts, topK;
   bool routeNorm;
 };
-// Device routing for one token: softmax over logits [E], the K best (ties: lower index), renormalised when norm.
-cudaError_t routeSoftmaxTopK(const float* logits, int E, int K, bool norm, int* idx, float* w, cudaStream_t s);
 cudaError_t moeExperts(const float* x, const MoeArgs& m, int count, int type, int64_t inter, int64_t hidden,
                        float limit, float alpha, float* act, float* out, cudaStream_t s);
 
