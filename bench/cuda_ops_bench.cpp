@@ -78,6 +78,11 @@ int main() {
   timeOp(*b, "fill 2048", [&] { b->fill(nw, hid, 0.0f); });
   timeOp(*b, "copy D2D 8 KiB", [&] { b->copy(att, Tier::Device, y, Tier::Device, 8192); });
   timeOp(*b, "copy D2H 512 B (waits)", [&] { b->copy(hostLogits.data(), Tier::Host, logits, Tier::Device, 512); });
+  std::vector<float> hostAll(static_cast<size_t>(V));
+  timeOp(*b, "copy D2H logits 608 KB (waits)",
+         [&] { b->copy(hostAll.data(), Tier::Host, logits, Tier::Device, hostAll.size() * 4); }, 50);
+  int32_t pick = 0;
+  timeOp(*b, "argmax 151936 (waits)", [&] { b->argmax(logits, 1, V, &pick); });
   timeOp(*b, "allocate + release 16 KiB", [&] {
     void* p = b->allocate(Tier::Device, 16384);
     b->release(Tier::Device, p, 16384);

@@ -67,7 +67,8 @@ const bool kRegistered = registerCommand(
        sub.add_option("--decode-input", o->decodeInput,
                       "What each decode step is fed: random (a random token, as llama-bench's tg does: the routing of a "
                       "random-weight model then changes every step) or greedy (the previous step's argmax; a "
-                      "random-weight model soon repeats one token, and paged experts then always hit) (default random)")
+                      "random-weight model soon repeats one token, and paged experts then always hit) (default random). Every "
+                      "step ends with its greedy pick made by the backend, as `doppler run` with greedy sampling does")
            ->check(CLI::IsMember({"random", "greedy"}));
        addEngineOptions(sub, o->engine);
        return [o] {
@@ -100,17 +101,16 @@ const bool kRegistered = registerCommand(
          std::vector<int32_t> prompt(size_t(o->promptTokens));
          for (auto& t : prompt) t = int32_t(rng() % uint32_t(cfg.vocabSize));
          auto kv = engine->newKVCache(o->promptTokens + o->decodeTokens + 1);
-         std::vector<float> logits(size_t(cfg.vocabSize));
+         // Every forward ends with its greedy token picked by the backend (on a GPU only the id crosses to the host),
+         // as `doppler run` does with greedy sampling; random input then feeds a random token instead.
          double t0 = now();
-         engine->model().forward(prompt.data(), o->promptTokens, 0, *kv, false, logits.data());
+         int32_t next = engine->model().forwardGreedy(prompt.data(), o->promptTokens, 0, *kv);
          const double prefill = now() - t0;
          std::vector<double> steps;
          for (int64_t i = 0; i < o->decodeTokens; i++) {
-           const int32_t tok = o->decodeInput == "greedy"
-                                   ? int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin())
-                                   : int32_t(rng() % uint32_t(cfg.vocabSize));
+           const int32_t tok = o->decodeInput == "greedy" ? next : int32_t(rng() % uint32_t(cfg.vocabSize));
            double s = now();
-           engine->model().forward(&tok, 1, o->promptTokens + i, *kv, false, logits.data());
+           next = engine->model().forwardGreedy(&tok, 1, o->promptTokens + i, *kv);
            steps.push_back(now() - s);
          }
          std::sort(steps.begin(), steps.end());

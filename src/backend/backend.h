@@ -149,6 +149,10 @@ class Backend {
                                  int64_t topK, bool normTopk, float limit, float alpha, float* out) {
     return false;
   }
+  // Greedy pick (sampling on the device): out[r] = the index of the first maximum of x[r, 0..n) for r < rows, as
+  // std::max_element picks it (NaN never wins, but a NaN at index 0 stays: firstMaxIndex). out is host memory;
+  // waits for the result, so only rows * 4 bytes cross to the host. Default: reads the rows on the host.
+  virtual void argmax(const float* x, int64_t rows, int64_t n, int32_t* out);
   // y[i] = value for i < n (device memory). Default: through copy() from a host array.
   virtual void fill(float* y, int64_t n, float value) {
     std::vector<float> v(static_cast<size_t>(n), value);
@@ -178,6 +182,10 @@ class Backend {
 };
 
 std::unique_ptr<Backend> makeCpuBackend();
+
+// The index std::max_element returns for x[0..n) (n > 0): the first maximum; NaN compares false, so it never
+// replaces a maximum, and a NaN at index 0 is never replaced. Backend::argmax's reference.
+int32_t firstMaxIndex(const float* x, int64_t n);
 
 // ---- backend selection (backend/backend_factory.cpp) ----
 // "cpu", "cuda" (Error naming the reason when no GPU is usable) or "auto" (cuda when a GPU is usable, else cpu).

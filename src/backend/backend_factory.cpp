@@ -1,6 +1,11 @@
 // Backend selection (--backend cpu|cuda|auto). Only this file knows whether the CUDA backend was compiled
 // (DOPPLER_HAVE_CUDA is set on it alone by CMake), so every other object builds the same either way.
 #include "backend/backend.h"
+
+#include <algorithm>
+#include <climits>
+#include <vector>
+
 #include "core/error.h"
 
 namespace doppler {
@@ -38,6 +43,19 @@ std::string cudaDeviceSummary() {
   cudaDeviceCount(&why);
   return "none (" + why + ")";
 #endif
+}
+
+int32_t firstMaxIndex(const float* x, int64_t n) { return int32_t(std::max_element(x, x + n) - x); }
+
+void Backend::argmax(const float* x, int64_t rows, int64_t n, int32_t* out) {
+  check(rows >= 0 && n > 0 && n <= INT32_MAX, "argmax: {} rows of {} values", rows, n);
+  std::vector<float> host;
+  if (!hostVisible()) {
+    host.resize(size_t(rows * n));
+    copy(host.data(), Tier::Host, x, Tier::Device, host.size() * sizeof(float));
+    x = host.data();
+  }
+  for (int64_t r = 0; r < rows; r++) out[r] = firstMaxIndex(x + r * n, n);
 }
 
 void Backend::moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,

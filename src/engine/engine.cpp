@@ -28,13 +28,22 @@ class TimedModel final : public Model {
   void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) override {
     const auto t0 = std::chrono::steady_clock::now();
     inner_->forward(ids, n, pos0, kv, allLogits, logits);
-    c_->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    c_->tokens += n;
-    c_->forwards++;
+    count(n, t0);
+  }
+  int32_t forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int32_t tok = inner_->forwardGreedy(ids, n, pos0, kv);
+    count(n, t0);
+    return tok;
   }
   void setHostBackend(Backend* host) override { inner_->setHostBackend(host); }
 
  private:
+  void count(int64_t n, std::chrono::steady_clock::time_point t0) {
+    c_->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    c_->tokens += n;
+    c_->forwards++;
+  }
   std::unique_ptr<Model> inner_;
   std::shared_ptr<ForwardCounters> c_;
 };

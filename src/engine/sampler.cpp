@@ -4,6 +4,7 @@
 #include <cmath>
 #include <unordered_set>
 
+#include "backend/backend.h"
 #include "core/error.h"
 
 namespace doppler {
@@ -36,7 +37,7 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> contex
     }
   }
   if (cfg_.temperature <= 0) {  // greedy: first maximum
-    return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    return firstMaxIndex(logits.data(), V);
   }
   cand_.clear();
   cand_.reserve(size_t(V));

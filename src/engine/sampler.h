@@ -24,6 +24,9 @@ class Sampler {
   // Picks the next token from logits [vocab] (modified in place) given the context so far.
   int32_t sample(std::span<float> logits, std::span<const int32_t> context);
   const SamplerConfig& config() const { return cfg_; }
+  // True when sample() is the argmax of the raw logits (greedy, no repetition penalty), so that the backend may
+  // pick the token where the logits are (Model::forwardGreedy).
+  bool greedy() const { return cfg_.temperature <= 0 && cfg_.repetitionPenalty == 1.0f; }
 
  private:
   double uniform();  // [0, 1), identical across platforms for a seed

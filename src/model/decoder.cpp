@@ -404,6 +404,18 @@ void DecoderModel::layer(int l, Activations& a, KVCache& kv) {
 
 
 void DecoderModel::forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) {
+  run(ids, n, pos0, kv, allLogits, logits, nullptr);
+}
+
+int32_t DecoderModel::forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv) {
+  int32_t tok = 0;
+  run(ids, n, pos0, kv, false, nullptr, &tok);
+  return tok;
+}
+
+// The forward pass; its result is either the logits (host, [allLogits ? n : 1, vocab]) or the last token's argmax.
+void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits,
+                       int32_t* greedy) {
   check(n > 0, "forward: no tokens");
   check(pos0 + n <= kv.capacity(), "context full: {} tokens exceed the context of {} tokens", pos0 + n,
         kv.capacity());
@@ -451,7 +463,10 @@ void DecoderModel::forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache&
   }
   DeviceArray out(backend_, size_t(rows * V));
   backend_.matmul(a.h.data(), rows, lmHead_, lmHeadBias_.ptr(), out.data());
-  backend_.copy(logits, Tier::Host, out.data(), Tier::Device, size_t(rows * V) * sizeof(float));
+  if (greedy)
+    backend_.argmax(out.data(), 1, V, greedy);
+  else
+    backend_.copy(logits, Tier::Host, out.data(), Tier::Device, size_t(rows * V) * sizeof(float));
   step.end();
 }
 

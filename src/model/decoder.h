@@ -62,7 +62,11 @@ class DecoderModel : public Model {
   const ModelConfig& config() const override { return cfg_; }
   std::vector<KVLayerShape> kvShapes() const override;
   void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) override;
+  int32_t forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv) override;
   void setHostBackend(Backend* host) override { host_ = host; }
+
+ private:
+  void run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits, int32_t* greedy);
 
  protected:
   // One layer: reads the residual stream (a.x, plus a.out when a.pending), leaves it as a.x + a.out with a.pending

@@ -23,6 +23,13 @@ class Model {
   // logits: [allLogits ? n : 1, vocab] (host memory), the last token's row when !allLogits.
   virtual void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits,
                        float* logits) = 0;
+  // forward() for greedy decoding: returns the argmax of the last token's logits (firstMaxIndex), picked where the
+  // logits are (Backend::argmax: on a GPU only the token id crosses to the host). Default: through forward().
+  virtual int32_t forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv) {
+    std::vector<float> logits(static_cast<size_t>(config().vocabSize));
+    forward(ids, n, pos0, kv, false, logits.data());
+    return firstMaxIndex(logits.data(), int64_t(logits.size()));
+  }
   // Hybrid execution (GPU backends with paged experts): a backend that computes on host memory with the host CPU,
   // for the experts the weight provider gives to the host (WeightProvider::splitExperts). nullptr: none.
   virtual void setHostBackend(Backend* host) {}

@@ -64,6 +64,26 @@ class CpuOps : public ::testing::Test {
   std::unique_ptr<Backend> b = makeCpuBackend();
 };
 
+// The greedy pick: the first maximum, as std::max_element (NaN never wins; a NaN at index 0 is kept).
+TEST_F(CpuOps, ArgmaxPicksTheFirstMaximum) {
+  const float nan = NAN, inf = INFINITY;
+  const std::vector<std::pair<std::vector<float>, int32_t>> cases = {
+      {{1, 3, 3, 2}, 1}, {{nan, 5, 1}, 0}, {{1, nan, 5, 5}, 2}, {{-inf, -inf}, 0}, {{nan, nan}, 0}, {{7}, 0},
+      {{-2, -1, inf, 0}, 2}};
+  for (const auto& [x, want] : cases) {
+    int32_t got = -1;
+    b->argmax(x.data(), 1, int64_t(x.size()), &got);
+    EXPECT_EQ(got, want) << ::testing::PrintToString(x);
+    EXPECT_EQ(firstMaxIndex(x.data(), int64_t(x.size())), want);
+  }
+  const std::vector<float> rows = {0, 4, 4, 1, 9, 9, 8, nan, 2};  // 3 rows of 3
+  int32_t got[3] = {-1, -1, -1};
+  b->argmax(rows.data(), 3, 3, got);
+  EXPECT_EQ(got[0], 1);
+  EXPECT_EQ(got[1], 1);
+  EXPECT_EQ(got[2], 0);
+}
+
 TEST_F(CpuOps, AttentionMatchesNaiveAcrossChunksWindowsAndSinks) {
   const int64_t H = 4, KVH = 2, D = 16, VD = 8, T = 37;
   auto k = randn(size_t(T * KVH * D), 1), v = randn(size_t(T * KVH * VD), 2);

@@ -353,6 +353,35 @@ TEST_F(CudaOps, SwigluAxpyFill) {
   EXPECT_EQ(down(yd, size_t(n)), std::vector<float>(size_t(n), 2.5f));
 }
 
+// The greedy pick on the device against the host's (firstMaxIndex) across block counts (2048 values per block, at
+// most 128 blocks), with ties, NaN and repeated launches (each launch must leave its counters at zero).
+TEST_F(CudaOps, ArgmaxMatchesHostPick) {
+  const uint32_t seed = nextSeed();
+  std::mt19937 g(seed);
+  for (int64_t n : {int64_t(1), int64_t(5), int64_t(2047), int64_t(2048), int64_t(2049), int64_t(151936),
+                    int64_t(300017)}) {
+    const int64_t rows = 4;
+    auto x = randn(size_t(rows * n), seed + uint32_t(n));
+    std::uniform_int_distribution<int64_t> at(0, n - 1);
+    x[size_t(at(g))] = 50.0f;                 // row 0: one clear maximum
+    const int64_t a = at(g), c = at(g);       // row 1: the same maximum twice: the lower index wins
+    x[size_t(n + a)] = x[size_t(n + c)] = 60.0f;
+    x[size_t(2 * n)] = NAN;                   // row 2: a NaN at index 0 is kept
+    x[size_t(3 * n + at(g))] = NAN;           // row 3: a NaN elsewhere never wins
+    const float* d = up(x);
+    for (int rep = 0; rep < 3; rep++) {
+      int32_t got[4] = {-1, -1, -1, -1};
+      gpu->argmax(d, rows, n, got);
+      for (int64_t r = 0; r < rows; r++)
+        EXPECT_EQ(got[r], firstMaxIndex(x.data() + r * n, n)) << "n " << n << " row " << r << " rep " << rep
+                                                              << " seed " << seed;
+    }
+    int32_t one = -1;  // one row after four: the counters of rows 1-3 must not matter
+    gpu->argmax(d + n, 1, n, &one);
+    EXPECT_EQ(one, firstMaxIndex(x.data() + n, n)) << "n " << n;
+  }
+}
+
 TEST_F(CudaOps, TierCopiesRoundTrip) {
   const size_t n = (size_t(1) << 20) + 3;
   auto x = randn(n, nextSeed());

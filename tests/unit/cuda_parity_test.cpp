@@ -129,6 +129,18 @@ TEST_P(CudaParity, GraphsBitIdentical) {
   EXPECT_EQ(std::memcmp(with.data(), without.data(), with.size() * sizeof(float)), 0);
 }
 
+// Greedy picks made on the GPU (Backend::argmax, inside the recorded decode steps) follow the logits' argmax.
+TEST_P(CudaParity, GreedyPickOnDeviceMatchesLogits) {
+  TempDir tmp;
+  const std::string m = convert(tmp);
+  EngineOptions eo;
+  eo.quiet = true;
+  eo.backend = "cuda";
+  auto engine = Engine::open(m, eo);
+  test::expectGreedyMatchesLogits(*engine, 24);
+  EXPECT_GE(engine->backend().stats().graphs.steps, 24u);  // the picks ran inside recorded steps
+}
+
 // Through the CLI, as the issue asks: `doppler eval --backend cuda` at 1e-4.
 TEST(CudaEvalCli, EveryFixturePasses) {
   std::string why;

@@ -31,6 +31,14 @@ TEST_P(Parity, EvalWithinTolerance) {
   test::expectParity(test::evalParityCase(*engine, GetParam()), 40);
 }
 
+TEST_P(Parity, GreedyPickMatchesLogits) {
+  TempDir tmp;
+  EngineOptions eo;
+  eo.quiet = true;
+  auto engine = Engine::open(test::convertParityCase(GetParam(), tmp.path()), eo);
+  test::expectGreedyMatchesLogits(*engine, 12);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
                          ::testing::Values(ParityCase{"llama", Layout::Row}, ParityCase{"llama", Layout::Column},
                                            ParityCase{"mixtral", Layout::Row}, ParityCase{"mixtral", Layout::Column},

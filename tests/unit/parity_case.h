@@ -66,4 +66,23 @@ inline void expectParity(const EvalReport& r, int64_t minDecodeRows) {
   EXPECT_EQ(r.decode.argmaxAgree, r.decode.rows);
 }
 
+// Greedy decoding through Model::forwardGreedy (the pick made by the backend) follows the argmax of the logits that
+// forward() returns for the same steps: a 5-token prefill, then `steps` decode steps fed back their own pick.
+inline void expectGreedyMatchesLogits(Engine& engine, int64_t steps) {
+  Model& m = engine.model();
+  const int64_t V = m.config().vocabSize;
+  auto kvPick = engine.newKVCache(steps + 8), kvLogits = engine.newKVCache(steps + 8);
+  std::vector<float> logits(static_cast<size_t>(V));
+  const int32_t prompt[5] = {1, 2, 3, int32_t(V / 2), int32_t(V - 1)};
+  int32_t tok = m.forwardGreedy(prompt, 5, 0, *kvPick);
+  m.forward(prompt, 5, 0, *kvLogits, false, logits.data());
+  ASSERT_EQ(tok, firstMaxIndex(logits.data(), V)) << "prefill";
+  for (int64_t i = 0; i < steps; i++) {
+    const int32_t in = tok;
+    tok = m.forwardGreedy(&in, 1, 5 + i, *kvPick);
+    m.forward(&in, 1, 5 + i, *kvLogits, false, logits.data());
+    ASSERT_EQ(tok, firstMaxIndex(logits.data(), V)) << "decode step " << i;
+  }
+}
+
 }  // namespace doppler::test

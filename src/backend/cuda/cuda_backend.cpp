@@ -161,6 +161,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     if (arena_) cudaFree(arena_);
     if (scratch_) cudaFree(scratch_);
+    pick_.reset();
     for (auto& [k, t] : tables_)
       if (t.dev) cudaFree(t.dev);
     std::lock_guard<std::mutex> lk(mu_);
@@ -524,6 +525,34 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  void argmax(const float* x, int64_t rows, int64_t n, int32_t* out) override {
+    check(rows >= 0 && rows <= 65535 && n > 0 && n <= INT32_MAX, "argmax: {} rows of {} values", rows, n);
+    if (rows == 0) return;
+    const size_t parts = size_t(rows) * size_t(cuda::argmaxBlocks(n));
+    if (parts > pick_.parts || size_t(rows) > pick_.rows) {  // grown (rarely): recorded ops may name the old one
+      if (recordingHere()) flushRecorded();
+      ck(cudaStreamSynchronize(stream_), "argmax: synchronize");
+      pick_.reset();
+      pick_.parts = std::max(parts, pick_.parts);
+      pick_.rows = std::max(size_t(rows), pick_.rows);
+      const size_t bytes = pick_.parts * (sizeof(float) + sizeof(int)) + pick_.rows * (sizeof(unsigned) + sizeof(int32_t));
+      ck(cudaMalloc(&pick_.dev, bytes), "cudaMalloc (argmax)");
+      ck(cudaMemset(pick_.dev, 0, bytes), "cudaMemset (argmax)");  // the counters start at zero
+      ck(cudaHostAlloc(reinterpret_cast<void**>(&pick_.host), pick_.rows * sizeof(int32_t), cudaHostAllocPortable),
+         "cudaHostAlloc (argmax)");
+    }
+    auto* pv = static_cast<float*>(pick_.dev);
+    auto* pi = reinterpret_cast<int*>(pv + pick_.parts);
+    auto* counter = reinterpret_cast<unsigned*>(pi + pick_.parts);
+    auto* res = reinterpret_cast<int32_t*>(counter + pick_.rows);
+    ck(cuda::argmax(x, rows, n, pv, pi, counter, res, stream_), "argmax");
+    if (recordingHere()) flushRecorded();  // the recorded step up to here, then the 4-byte answers
+    ck(cudaMemcpyAsync(pick_.host, res, size_t(rows) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
+       "argmax: device-to-host copy");
+    ck(cudaStreamSynchronize(stream_), "argmax: synchronize");
+    std::memcpy(out, pick_.host, size_t(rows) * sizeof(int32_t));
+  }
+
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) override {
     ck(cuda::swiglu(gate, up, n, limit, alpha, out, stream_), "swiglu");
   }
@@ -617,6 +646,18 @@ class CudaBackend final : public Backend {
     int64_t inter = 0, hid = 0;
   };
   std::map<TableKey, ExpertTable> tables_;  // moeRoutedOnDevice's per-layer expert tables
+  // argmax's buffers: device [parts] values, [parts] indices, [rows] counters, [rows] results; pinned [rows] results.
+  struct Pick {
+    void* dev = nullptr;
+    int32_t* host = nullptr;
+    size_t parts = 0, rows = 0;
+    void reset() {
+      if (dev) cudaFree(dev);
+      if (host) cudaFreeHost(host);
+      dev = nullptr;
+      host = nullptr;
+    }
+  } pick_;
 
   std::string name_;
   std::thread::id owner_;

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <tuple>
 #include <type_traits>
@@ -657,6 +658,86 @@ __global__ void fillKernel(float* y, int64_t n, float v) {
   if (i < n) y[i] = v;
 }
 
+// ---------------------------------------------------------------- greedy pick (argmax)
+
+// (v, i) beats (bv, bi): larger value, ties to the lower index. NaN compares false, so it never beats anything.
+__device__ __forceinline__ bool beats(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
+
+__device__ __forceinline__ void warpBest(float& v, int& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (beats(ov, oi, v, i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+// The best (v, i) of the block's threads (blockDim.x a multiple of 32, at most 1024), valid in thread 0.
+__device__ void blockBest(float& v, int& i) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  warpBest(v, i);
+  if (threadIdx.x % kWarp == 0) {
+    sv[threadIdx.x / kWarp] = v;
+    si[threadIdx.x / kWarp] = i;
+  }
+  __syncthreads();
+  if (threadIdx.x < kWarp) {
+    const bool has = threadIdx.x < blockDim.x / kWarp;
+    v = has ? sv[threadIdx.x] : -INFINITY;
+    i = has ? si[threadIdx.x] : INT_MAX;
+    warpBest(v, i);
+  }
+}
+
+// grid (B, rows): block b of row r takes x[r, b*256 + t + k*B*256], writes its best to pv/pi[r*B + b]; the row's
+// last block to finish (counter[r], zero between launches: the last block resets it) reduces the B candidates
+// into out[r]. Result: the first maximum, as std::max_element (all NaN, or NaN at index 0: index 0).
+__global__ void __launch_bounds__(256) argmaxKernel(const float* __restrict__ x, int64_t n, float* pv, int* pi,
+                                                     unsigned* counter, int32_t* out) {
+  pdlBegin();
+  const float* row = x + int64_t(blockIdx.y) * n;
+  const int B = int(gridDim.x);
+  float v = -INFINITY;
+  int i = INT_MAX;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += int64_t(B) * blockDim.x) {
+    const float e = row[k];
+    if (beats(e, int(k), v, i)) {
+      v = e;
+      i = int(k);
+    }
+  }
+  blockBest(v, i);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    pv[blockIdx.y * B + blockIdx.x] = v;
+    pi[blockIdx.y * B + blockIdx.x] = i;
+    __threadfence();  // the candidate is visible before the counter says so
+    last = atomicAdd(&counter[blockIdx.y], 1u) == unsigned(B - 1);
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  v = -INFINITY;
+  i = INT_MAX;
+  for (int b = threadIdx.x; b < B; b += blockDim.x) {
+    const float cv = static_cast<volatile float*>(pv)[blockIdx.y * B + b];
+    const int ci = static_cast<volatile int*>(pi)[blockIdx.y * B + b];
+    if (beats(cv, ci, v, i)) {
+      v = cv;
+      i = ci;
+    }
+  }
+  blockBest(v, i);
+  if (threadIdx.x == 0) {
+    out[blockIdx.y] = (i == INT_MAX || isnan(row[0])) ? 0 : i;
+    counter[blockIdx.y] = 0;
+  }
+}
+
 __device__ __forceinline__ float swigluOne(float g, float u, float limit, float alpha) {
   if (limit > 0) {
     g = fminf(g, limit);
@@ -997,6 +1078,15 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
     default: DOPPLER_MOE(kBF16) break;
   }
 #undef DOPPLER_MOE
+  return cudaGetLastError();
+}
+
+int argmaxBlocks(int64_t n) { return int(std::clamp<int64_t>((n + 2047) / 2048, 1, kArgmaxMaxBlocks)); }
+
+cudaError_t argmax(const float* x, int64_t rows, int64_t n, float* pv, int* pi, unsigned* counter, int32_t* out,
+                   cudaStream_t s) {
+  if (rows <= 0 || n <= 0) return cudaSuccess;
+  launch(argmaxKernel, dim3(unsigned(argmaxBlocks(n)), unsigned(rows)), 256, 0, s, x, n, pv, pi, counter, out);
   return cudaGetLastError();
 }
 

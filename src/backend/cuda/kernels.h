@@ -129,6 +129,14 @@ struct MoeArgs {
 cudaError_t moeExperts(const float* x, const MoeArgs& m, int count, int type, int64_t inter, int64_t hidden,
                        float limit, float alpha, float* act, float* out, cudaStream_t s);
 
+// Greedy pick: out[r] = the index of the first maximum of x[r, 0..n) (std::max_element's answer; NaN never wins, a
+// NaN at index 0 stays) for r < rows (<= 65535), n <= INT32_MAX. Scratch: pv, pi [rows * argmaxBlocks(n)] and
+// counter [rows], which must be zero before the first launch (each launch leaves it zero). One launch.
+constexpr int kArgmaxMaxBlocks = 128;
+int argmaxBlocks(int64_t n);
+cudaError_t argmax(const float* x, int64_t rows, int64_t n, float* pv, int* pi, unsigned* counter, int32_t* out,
+                   cudaStream_t s);
+
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
 cudaError_t copyDevice(void* dst, const void* src, size_t bytes, cudaStream_t s);  // a kernel, not a memcpy
 cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s);
