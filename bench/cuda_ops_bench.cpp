@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -83,6 +84,39 @@ int main() {
          [&] { b->copy(hostAll.data(), Tier::Host, logits, Tier::Device, hostAll.size() * 4); }, 50);
   int32_t pick = 0;
   timeOp(*b, "argmax 151936 (waits)", [&] { b->argmax(logits, 1, V, &pick); });
+  // Prefill GEMMs: cuBLAS (three bf16 parts of x) against our tiled kernel (a backend made with DOPPLER_CUBLAS=0):
+  // attention's q [4096, 2048] and one Qwen3 expert's FFN (gate and up [768, 2048], down [2048, 768]) for n rows.
+  ::setenv("DOPPLER_CUBLAS", "0", 1);
+  auto tiled = makeBackend("cuda");
+  ::unsetenv("DOPPLER_CUBLAS");
+  const WeightView eg = calls[0].gate, eu = calls[0].up, ed = calls[0].down;
+  for (int64_t n : {9, 16, 32, 64, 128, 256, 1024}) {
+    float* xs = devF32(size_t(n * H * D));
+    float* ys = devF32(size_t(n * H * D));
+    float *gs = devF32(size_t(n * I)), *us = devF32(size_t(n * I));
+    for (Backend* be : {b.get(), tiled.get()}) {
+      const char* kind = be == b.get() ? "cuBLAS" : "tiled";
+      auto run = [&](const char* what, double flops, const std::function<void()>& op) {
+        const int reps = n >= 256 ? 10 : 30;
+        op();
+        be->synchronize();
+        const double t0 = now();
+        for (int i = 0; i < reps; i++) op();
+        const double issue = (now() - t0) / reps;
+        be->synchronize();
+        const double t = (now() - t0) / reps;
+        std::printf("prefill %-6s n=%-4lld %-7s issue %8.2f us  complete %8.2f us  %7.2f TFLOP/s\n", what,
+                    (long long)n, kind, issue * 1e6, t * 1e6, flops / t / 1e12);
+      };
+      run("q", 2.0 * double(n) * double(H * D) * double(hid), [&] { be->matmul(xs, n, q, nullptr, ys); });
+      run("expert", 6.0 * double(n) * double(I) * double(hid), [&] {
+        const Backend::MatmulOut gu[2] = {{eg, nullptr, gs}, {eu, nullptr, us}};
+        be->matmulMany(xs, n, gu, 2);
+        be->swiglu(gs, us, n * I, 0.0f, 1.702f, gs);
+        be->matmul(gs, n, ed, nullptr, ys);
+      });
+    }
+  }
   timeOp(*b, "allocate + release 16 KiB", [&] {
     void* p = b->allocate(Tier::Device, 16384);
     b->release(Tier::Device, p, 16384);

@@ -3,12 +3,14 @@
 # Usage (from the repository root there): scripts/cuda-device-run.sh BINDIR [STAGES]
 #   BINDIR holds doppler, doppler_tests (and cuda_ops_bench) built in the checkout $DOPPLER_BUILT_IN (default
 #   /work/main: their compiled-in paths); the tests' data and models are taken from this checkout through links.
-#   STAGES: any of info,tests,memcheck,opsbench,ncu,bench,benchvariants,benchpaged,benchwarm,benchcpu (default
+#   STAGES: any of info,tests,memcheck,opsbench,ncu,bench,benchvariants,benchpaged,benchwarm,benchcpu,benchprefill
+#   (default
 #   info,tests,memcheck,bench,benchpaged). ncu: per-kernel time and DRAM bytes (Nsight Compute) of the first decode
 #   steps. bench: resident decode (CUDA graphs); benchvariants: the same without graphs (DOPPLER_CUDA_GRAPHS=0) and
 #   without programmatic edges (DOPPLER_CUDA_PDL=0); benchpaged: 25 % of the experts on the GPU, hybrid execution,
 #   --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier warm);
-#   benchcpu: the CPU backend. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
+#   benchcpu: the CPU backend; benchprefill: a
+#   1024-token prefill with cuBLAS and with the tiled GEMM (DOPPLER_CUBLAS=0). Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
 OUTD=$(mktemp -d /tmp/cuda-logs.XXXX)  # every log; packed into $OUT/cuda-logs.tgz at the end
@@ -63,10 +65,11 @@ bench() {  # name args... (BACKEND=cpu for the CPU backend)
   timeout 150 env ${BENCH_ENV:-} build/doppler bench --backend ${BACKEND:-cuda} --cache-dir $CACHE "$@" \
     > "$OUTD/bench-$name.log" 2>&1
   echo "== bench $name rc=$? ($*)"
-  grep -E "^(decode|weight read|gpu|ratio|graphs|hybrid|transfer)" \
+  grep -E "^(prefill|decode|weight read|gpu|ratio|graphs|hybrid|transfer)" \
     "$OUTD/bench-$name.log" | cut -c1-400
 }
-if has bench || has benchvariants || has benchpaged || has benchwarm || has benchcpu; then
+if has bench || has benchvariants || has benchpaged || has benchwarm || has benchcpu ||
+   has benchprefill; then
   for m in "mixtral mixtral-8x7b:4 3700M" "qwen3 qwen3-30b-a3b:8 4000M"; do
     set -- $m
     has bench && bench $1 --synthetic $2 -n 64 --stats
@@ -79,6 +82,9 @@ if has bench || has benchvariants || has benchpaged || has benchwarm || has benc
     has benchwarm && bench $1-vram25-warm --synthetic $2 -n 64 --prompt-tokens 256 --vram $3 --stats
     has benchwarm && bench $1-vram25-warm-nohybrid --synthetic $2 -n 64 --prompt-tokens 256 --vram $3 --no-hybrid --stats
     has benchcpu && BACKEND=cpu bench $1-cpu --synthetic $2 -n 8 --prompt-tokens 4 --stats
+    # prefill of 1024 tokens: cuBLAS, then the tiled GEMM
+    has benchprefill && bench $1-prefill --synthetic $2 -n 4 --prompt-tokens 1024
+    has benchprefill && BENCH_ENV=DOPPLER_CUBLAS=0 bench $1-prefill-tiled --synthetic $2 -n 4 --prompt-tokens 1024
     rm -rf $CACHE
   done
 fi

@@ -27,6 +27,8 @@ int runMain(int argc, char** argv) {
   app.footer(
       "Environment:\n"
       "  DOPPLER_CACHE           cache directory (else $XDG_CACHE_HOME/doppler, else ~/.cache/doppler)\n"
+      "  DOPPLER_CUBLAS=0        --backend cuda: prefill matrix products on doppler's own GEMM kernel instead of\n"
+      "                          cuBLAS (loaded at run time when libcublas is installed)\n"
       "  DOPPLER_CUDA_GRAPHS=0   --backend cuda: launch each op of a decode step instead of replaying the step as\n"
       "                          a CUDA graph\n"
       "  DOPPLER_CUDA_PDL=0      --backend cuda: chain a step graph's kernels with full dependencies instead of\n"

@@ -60,6 +60,8 @@ struct GraphStats {
   uint64_t nodeUpdates = 0;  // nodes whose arguments were updated in place before a launch
   double hostSeconds = 0;    // host time inside recorded steps (recording, updates, launches, result waits)
   double firstLaunchSeconds = 0;  // host time from a step's start to its first graph launch
+  double lastLaunchSeconds = 0;   // host time from a step's start to its last graph launch (recording it all)
+  double updateSeconds = 0;       // host time updating node arguments
   double gpuSeconds = 0;     // GPU time of the graph launches (events around each launch)
   double gpuSpanSeconds = 0; // GPU time from a step's first launch starting to its last ending
   double gpuGapSeconds = 0;  // GPU time from one step's end to the next step's first launch starting
@@ -149,6 +151,12 @@ class Backend {
                                  int64_t topK, bool normTopk, float limit, float alpha, float* out) {
     return false;
   }
+  // MoE prefill's token routing (rows and w are host arrays): gatherRows copies dst[i, :] = src[rows[i], :];
+  // scatterAddRows adds dst[rows[i], :] += w[i] * src[i, :] (rows distinct), for i < count, rows of dim floats.
+  // Defaults: one copy() / axpy() per row; a GPU backend does each in one launch.
+  virtual void gatherRows(const float* src, const int64_t* rows, int64_t count, int64_t dim, float* dst);
+  virtual void scatterAddRows(const float* src, const int64_t* rows, const float* w, int64_t count, int64_t dim,
+                              float* dst);
   // Greedy pick (sampling on the device): out[r] = the index of the first maximum of x[r, 0..n) for r < rows, as
   // std::max_element picks it (NaN never wins, but a NaN at index 0 stays: firstMaxIndex). out is host memory;
   // waits for the result, so only rows * 4 bytes cross to the host. Default: reads the rows on the host.

@@ -47,6 +47,16 @@ std::string cudaDeviceSummary() {
 
 int32_t firstMaxIndex(const float* x, int64_t n) { return int32_t(std::max_element(x, x + n) - x); }
 
+void Backend::gatherRows(const float* src, const int64_t* rows, int64_t count, int64_t dim, float* dst) {
+  for (int64_t i = 0; i < count; i++)
+    copy(dst + i * dim, Tier::Device, src + rows[i] * dim, Tier::Device, size_t(dim) * sizeof(float));
+}
+
+void Backend::scatterAddRows(const float* src, const int64_t* rows, const float* w, int64_t count, int64_t dim,
+                             float* dst) {
+  for (int64_t i = 0; i < count; i++) axpy(w[i], src + i * dim, dim, dst + rows[i] * dim);
+}
+
 void Backend::argmax(const float* x, int64_t rows, int64_t n, int32_t* out) {
   check(rows >= 0 && n > 0 && n <= INT32_MAX, "argmax: {} rows of {} values", rows, n);
   std::vector<float> host;

@@ -149,6 +149,8 @@ nlohmann::json Engine::stats() const {
                    {"nodes", g.nodes}, {"node_updates", g.nodeUpdates},
                    {"host_ms_per_step", 1e3 * g.hostSeconds / steps},
                    {"first_launch_ms_per_step", 1e3 * g.firstLaunchSeconds / steps},
+                   {"last_launch_ms_per_step", 1e3 * g.lastLaunchSeconds / steps},
+                   {"update_ms_per_step", 1e3 * g.updateSeconds / steps},
                    {"gpu_ms_per_step", 1e3 * g.gpuSeconds / steps},
                    {"gpu_span_ms_per_step", 1e3 * g.gpuSpanSeconds / steps},
                    {"gpu_gap_ms_per_step", g.gaps ? 1e3 * g.gpuGapSeconds / double(g.gaps) : 0.0}};

@@ -188,8 +188,8 @@ void DecoderModel::denseFfn(const FfnWeights& w, const float* h, int64_t n, floa
                             const float* upBias, const float* downBias) {
   const int64_t inter = w.gate.rows();
   DeviceArray g(backend_, size_t(n * inter)), u(backend_, size_t(n * inter));  // [n, I]
-  backend_.matmul(h, n, w.gate, gateBias, g.data());
-  backend_.matmul(h, n, w.up, upBias, u.data());
+  const Backend::MatmulOut gu[2] = {{w.gate, gateBias, g.data()}, {w.up, upBias, u.data()}};
+  backend_.matmulMany(h, n, gu, 2);  // one launch per token on a GPU (decode), one split of h for cuBLAS (prefill)
   backend_.swiglu(g.data(), u.data(), n * inter, float(cfg_.swigluLimit), 1.702f, g.data());
   backend_.matmul(g.data(), n, w.down, downBias, out);
 }
@@ -253,12 +253,18 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
     return;
   }
   DeviceArray xe(backend_, size_t(n * hid)), ye(backend_, size_t(n * hid));  // [ne, hidden]
+  std::vector<int64_t> rows;
+  std::vector<float> rowW;
   for (int64_t e : used) {
     const auto& toks = byExpert[size_t(e)];
     const int64_t ne = int64_t(toks.size());
-    for (int64_t i = 0; i < ne; i++)
-      backend_.copy(xe.data() + i * hid, Tier::Device, a.h.data() + toks[size_t(i)].first * hid, Tier::Device,
-                    size_t(hid) * sizeof(float));
+    rows.clear();
+    rowW.clear();
+    for (const auto& [t, wt] : toks) {
+      rows.push_back(t);
+      rowW.push_back(wt);
+    }
+    backend_.gatherRows(a.h.data(), rows.data(), ne, hid, xe.data());  // xe[i] = h[token i]
     ExpertLease ex = weights_.acquireExpert(l, int(e));  // pinned in the device tier until the end of this iteration
     FfnWeights fw;
     fw.gate = ex.gate;
@@ -271,8 +277,7 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
       db = paramsOf(ex.downBias, w.downBiasName[size_t(e)], hid);
     }
     denseFfn(fw, xe.data(), ne, ye.data(), gb.ptr(), ub.ptr(), db.ptr());
-    for (int64_t i = 0; i < ne; i++)
-      backend_.axpy(toks[size_t(i)].second, ye.data() + i * hid, hid, a.out.data() + toks[size_t(i)].first * hid);
+    backend_.scatterAddRows(ye.data(), rows.data(), rowW.data(), ne, hid, a.out.data());  // out[token i] += w ye[i]
   }
 }
 

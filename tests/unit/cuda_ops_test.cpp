@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <algorithm>
 #include <random>
@@ -136,7 +137,7 @@ TEST_F(CudaOps, MatmulAllTypesLayoutsAndBatchSizes) {
       if (dt == DType::MXFP4 && layout == Layout::Column) continue;  // mxfp4 is row layout only
       for (Shape s : {Shape{67, 96}, Shape{130, 100}, Shape{1000, 512}, Shape{33, 2048}}) {
         if (dt == DType::MXFP4 && s.in % 32 != 0) continue;
-        for (int64_t n : {1, 2, 3, 8, 9, 70}) {
+        for (int64_t n : {1, 2, 3, 8, 9, 16, 70, 300}) {  // from 16 rows on, f32 and bf16 go to cuBLAS (if loaded)
           for (bool withBias : {false, true}) {
             const uint32_t seed = nextSeed();
             auto wf = randn(size_t(s.out * s.in), seed, 0.05f);
@@ -160,12 +161,53 @@ TEST_F(CudaOps, MatmulAllTypesLayoutsAndBatchSizes) {
   }
 }
 
+// Prefill through cuBLAS (f32, and bf16 as three bf16 parts of x) against our tiled GEMM (DOPPLER_CUBLAS=0) and the
+// CPU, on a shape big enough for tensor-core tiles, with bias.
+TEST_F(CudaOps, CublasPrefillMatchesTiledGemm) {
+  ::setenv("DOPPLER_CUBLAS", "0", 1);
+  auto tiled = makeBackend("cuda");
+  ::unsetenv("DOPPLER_CUBLAS");
+  std::printf("[cuda] %s / %s\n", gpu->name().c_str(), tiled->name().c_str());
+  EXPECT_EQ(tiled->name().find("cuBLAS"), std::string::npos);
+  const int64_t out = 1536, in = 1024, n = 257;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (Layout layout : {Layout::Row, Layout::Column}) {
+      const uint32_t seed = nextSeed();
+      auto wb = encodeWeight(randn(size_t(out * in), seed, 0.05f), out, in, dt, layout);
+      auto x = randn(size_t(n * in), seed + 1, 3.0f);
+      auto bias = randn(size_t(out), seed + 2);
+      WeightView hw{wb.data(), dt, {out, in}, layout};
+      std::vector<float> ref(size_t(n * out));
+      cpu->matmul(x.data(), n, hw, bias.data(), ref.data());
+      WeightView dw = hw;
+      dw.data = up(wb);
+      const float *dx = up(x), *db = up(bias);
+      float* y = poisoned(ref.size());
+      gpu->matmul(dx, n, dw, db, y);
+      const double eBlas = relErr(down(y, ref.size()), ref);
+      // The tiled backend's own buffers (its stream differs from gpu's: both synchronise on the copy back).
+      auto* ty = static_cast<float*>(tiled->allocate(Tier::Device, ref.size() * 4));
+      tiled->matmul(dx, n, dw, db, ty);
+      std::vector<float> tv(ref.size());
+      tiled->copy(tv.data(), Tier::Host, ty, Tier::Device, tv.size() * 4);
+      tiled->release(Tier::Device, ty, ref.size() * 4);
+      const double eTiled = relErr(tv, ref);
+      std::printf("[cuda] prefill %s %s n %lld: cuBLAS path %.3g, tiled %.3g\n", dtypeName(dt).data(),
+                  layoutName(layout).data(), (long long)n, eBlas, eTiled);
+      EXPECT_LT(eBlas, kTol) << dtypeName(dt) << " " << layoutName(layout) << " seed " << seed;
+      EXPECT_LT(eTiled, kTol) << dtypeName(dt) << " " << layoutName(layout) << " seed " << seed;
+    }
+  }
+}
+
 // q, k, v in one launch (Backend::matmulMany): each output as the CPU's matmul gives it; shapes the fused path
 // takes (n = 1, row layout) and ones it hands back to plain matmuls (column layout, n = 3, mixed types).
 TEST_F(CudaOps, MatmulManyMatchesCpu) {
   struct Case { int64_t n; Layout layout; bool mixed; };
+  // n = 40: prefill, bf16 weights through cuBLAS sharing one split of x (all row or all column, or mixed types).
   for (Case c : {Case{1, Layout::Row, false}, Case{1, Layout::Column, false}, Case{3, Layout::Row, false},
-                 Case{1, Layout::Row, true}}) {
+                 Case{1, Layout::Row, true}, Case{40, Layout::Row, false}, Case{40, Layout::Column, false},
+                 Case{40, Layout::Row, true}}) {
     for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
       const int64_t in = 264, outs[3] = {520, 72, 9};
       const uint32_t seed = nextSeed();
@@ -380,6 +422,27 @@ TEST_F(CudaOps, ArgmaxMatchesHostPick) {
     gpu->argmax(d + n, 1, n, &one);
     EXPECT_EQ(one, firstMaxIndex(x.data() + n, n)) << "n " << n;
   }
+}
+
+// MoE prefill's row moves: gather token rows for an expert, add its weighted outputs back, against the CPU.
+TEST_F(CudaOps, GatherAndScatterAddRows) {
+  const int64_t tokens = 37, dim = 2050;
+  const uint32_t seed = nextSeed();
+  auto h = randn(size_t(tokens * dim), seed), base = randn(size_t(tokens * dim), seed + 1);
+  const std::vector<int64_t> rows = {36, 0, 5, 17, 2, 35, 9};
+  const std::vector<float> w = {0.5f, -1.25f, 2.0f, 0.1f, 1.0f, 0.75f, -0.3f};
+  const int64_t count = int64_t(rows.size());
+  std::vector<float> refG(size_t(count * dim)), refS = base;
+  cpu->gatherRows(h.data(), rows.data(), count, dim, refG.data());
+  cpu->scatterAddRows(refG.data(), rows.data(), w.data(), count, dim, refS.data());
+  for (int64_t i = 0; i < count; i++)  // the CPU reference itself: row i is token rows[i]
+    ASSERT_EQ(refG[size_t(i * dim + 3)], h[size_t(rows[size_t(i)] * dim + 3)]);
+  float* g = poisoned(size_t(count * dim));
+  gpu->gatherRows(up(h), rows.data(), count, dim, g);
+  EXPECT_EQ(down(g, refG.size()), refG) << "seed " << seed;
+  float* s = up(base);
+  gpu->scatterAddRows(g, rows.data(), w.data(), count, dim, s);
+  EXPECT_LT(relErr(down(s, refS.size()), refS), kTol) << "seed " << seed;
 }
 
 TEST_F(CudaOps, TierCopiesRoundTrip) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/graph_recorder.h"
 #include "backend/cuda/kernels.h"
 #include "backend/gpu_bandwidth.h"
@@ -154,11 +155,14 @@ class CudaBackend final : public Backend {
     graph_ = std::make_unique<cuda::GraphRecorder>(stream_, p.major >= 9 && !(pdl && std::string_view(pdl) == "0"));
     const char* g = std::getenv("DOPPLER_CUDA_GRAPHS");
     graphs_ = !(g && std::string_view(g) == "0");
+    blas_ = std::make_unique<cuda::CublasGemm>(stream_);
+    if (blas_->available()) name_.insert(name_.size() - 1, ", cuBLAS");
   }
   ~CudaBackend() override {
     graph_->abort();
     graph_.reset();
     cudaStreamSynchronize(stream_);
+    blas_.reset();
     if (arena_) cudaFree(arena_);
     if (scratch_) cudaFree(scratch_);
     pick_.reset();
@@ -312,7 +316,15 @@ class CudaBackend final : public Backend {
 
   void matmul(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) override {
     check(x != y, "cuda matmul: y must not alias x");
-    ck(cuda::matmul(x, n, matW(w, "matmul"), bias, y, stream_), "matmul");
+    const cuda::MatW mw = matW(w, "matmul");
+    // Prefill: cuBLAS on tensor cores when it is there (never inside a recorded step: its launches bypass the
+    // recorder); decode-sized n: our GEMV.
+    if (n >= kCublasMinRows && !recordingHere() && blas_->takes(mw, n)) {
+      DeviceArray scratch(*this, (cuda::CublasGemm::scratchBytes(mw, n) + sizeof(float) - 1) / sizeof(float));
+      blas_->matmul(x, n, mw, bias, y, scratch.data());
+      return;
+    }
+    ck(cuda::matmul(x, n, mw, bias, y, stream_), "matmul");
   }
 
   void matmulMany(const float* x, int64_t n, const MatmulOut* outs, int count) override {
@@ -330,6 +342,24 @@ class CudaBackend final : public Backend {
       m.bias[j] = outs[j].bias;
       m.y[j] = outs[j].y;
       m.out[j] = w.rows();
+    }
+    if (!one && n >= kCublasMinRows && !recordingHere() && count > 1) {  // prefill: bf16 weights share x's split
+      bool shared = true;
+      std::vector<cuda::MatW> mws;
+      for (int j = 0; j < count && shared; j++) {
+        mws.push_back(matW(outs[j].w, "matmulMany"));
+        shared = mws.back().type == cuda::kBF16 && blas_->takes(mws.back(), n) && mws.back().in == mws[0].in &&
+                 outs[j].y != x;
+      }
+      if (shared) {
+        DeviceArray parts(*this, (cuda::CublasGemm::partsBytes(n, mws[0].in) + sizeof(float) - 1) / sizeof(float));
+        blas_->split(x, n, mws[0].in, parts.data());
+        for (int j = 0; j < count; j++) {
+          DeviceArray products(*this, cuda::CublasGemm::productBytes(n, mws[size_t(j)].out) / sizeof(float));
+          blas_->matmulParts(parts.data(), n, mws[size_t(j)], outs[j].bias, outs[j].y, products.data());
+        }
+        return;
+      }
     }
     if (!one) return Backend::matmulMany(x, n, outs, count);
     m.count = count;
@@ -525,6 +555,27 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  void gatherRows(const float* src, const int64_t* rows, int64_t count, int64_t dim, float* dst) override {
+    if (count <= 0) return;
+    check(count <= INT32_MAX, "gatherRows: {} rows", count);
+    Uploads up(*this);
+    const size_t oRows = up.add(rows, size_t(count) * sizeof(int64_t));
+    const uint8_t* base = up.flush();
+    ck(cuda::gatherRows(src, reinterpret_cast<const int64_t*>(base + oRows), count, dim, dst, stream_), "gatherRows");
+  }
+  void scatterAddRows(const float* src, const int64_t* rows, const float* w, int64_t count, int64_t dim,
+                      float* dst) override {
+    if (count <= 0) return;
+    check(count <= INT32_MAX, "scatterAddRows: {} rows", count);
+    Uploads up(*this);
+    const size_t oRows = up.add(rows, size_t(count) * sizeof(int64_t));
+    const size_t oW = up.add(w, size_t(count) * sizeof(float));
+    const uint8_t* base = up.flush();
+    ck(cuda::scatterAddRows(src, reinterpret_cast<const int64_t*>(base + oRows),
+                            reinterpret_cast<const float*>(base + oW), count, dim, dst, stream_),
+       "scatterAddRows");
+  }
+
   void argmax(const float* x, int64_t rows, int64_t n, int32_t* out) override {
     check(rows >= 0 && rows <= 65535 && n > 0 && n <= INT32_MAX, "argmax: {} rows of {} values", rows, n);
     if (rows == 0) return;
@@ -667,6 +718,8 @@ class CudaBackend final : public Backend {
   uint8_t* scratch_ = nullptr;
   size_t scratchBytes_ = 0;
   std::unique_ptr<cuda::GraphRecorder> graph_;
+  std::unique_ptr<cuda::CublasGemm> blas_;  // prefill GEMMs (when libcublas loads)
+  static constexpr int64_t kCublasMinRows = 9;  // from n rows on (past the GEMV's 8), matmul goes to cuBLAS
   bool graphs_ = true;                 // DOPPLER_CUDA_GRAPHS=0 turns step graphs off
   std::vector<void*> deferredFrees_;   // device memory released while recording
   // Scratch arena of recorded steps (allocateScratch): bump-allocated, started over at each step when nothing

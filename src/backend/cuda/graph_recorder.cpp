@@ -47,6 +47,7 @@ void GraphRecorder::begin() {
   collectTimes();  // the previous step's launches ended with it (its logits were copied to the host)
   t0_ = now();
   launched_ = false;
+  lastLaunch_ = 0;
   recording_ = true;
   segment_ = 0;
   count_ = 0;
@@ -123,6 +124,7 @@ void GraphRecorder::build(Segment& s) {
 }
 
 void GraphRecorder::update(Segment& s) {
+  const double t = now();
   for (size_t i = 0; i < count_; i++) {
     Op& now = ops_[i];
     Op& was = s.ops[i];
@@ -134,6 +136,7 @@ void GraphRecorder::update(Segment& s) {
     }
     std::swap(now, was);
   }
+  stats_.updateSeconds += now() - t;
 }
 
 void GraphRecorder::flush() {
@@ -162,9 +165,10 @@ void GraphRecorder::flush() {
   ck(cudaEventRecord(ev.first, stream_), "cudaEventRecord");
   ck(cudaGraphLaunch(s.exec, stream_), "cudaGraphLaunch");
   ck(cudaEventRecord(ev.second, stream_), "cudaEventRecord");
+  lastLaunch_ = now() - t0_;
   if (!launched_) {
     launched_ = true;
-    stats_.firstLaunchSeconds += now() - t0_;
+    stats_.firstLaunchSeconds += lastLaunch_;
   }
 }
 
@@ -181,6 +185,7 @@ void GraphRecorder::end() {
   }
   recording_ = false;
   stats_.hostSeconds += now() - t0_;
+  stats_.lastLaunchSeconds += lastLaunch_;
   if (timed_ == 0) return;  // nothing launched: no end to time
   cudaEvent_t& e = stepEnd_[ended_ % 2];
   if (!e) ck(cudaEventCreate(&e), "cudaEventCreate");

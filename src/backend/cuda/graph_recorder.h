@@ -77,6 +77,7 @@ class GraphRecorder final : public LaunchSink {
   uint64_t ended_ = 0;           // steps ended; step k's end event is stepEnd_[k % 2]
   double t0_ = 0;                // begin() wall time
   bool launched_ = false;        // the current step launched its first segment
+  double lastLaunch_ = 0;        // host time from begin() to the step's latest launch
 };
 
 }  // namespace doppler::cuda

@@ -4,6 +4,7 @@
 // (norm weights into registers, GEMV rows into L2) before it waits for the previous kernel's results.
 #include "backend/cuda/kernels.h"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -738,6 +739,56 @@ __global__ void __launch_bounds__(256) argmaxKernel(const float* __restrict__ x,
   }
 }
 
+// ---------------------------------------------------------------- cuBLAS prefill helpers
+
+__device__ __forceinline__ uint16_t bf16Round(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+
+__global__ void splitBf16x3Kernel(const float* __restrict__ x, int64_t count, uint16_t* __restrict__ parts) {
+  pdlBegin();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    const uint16_t a = bf16Round(v);
+    const float r = v - bf16ToF32(a);  // exact (Sterbenz)
+    const uint16_t b = bf16Round(r);
+    parts[i] = a;
+    parts[count + i] = b;
+    parts[2 * count + i] = bf16Round(r - bf16ToF32(b));
+  }
+}
+
+__global__ void sumPartsKernel(const float* __restrict__ p, int64_t count, int64_t out, const float* __restrict__ bias,
+                               float* __restrict__ y) {
+  pdlBegin();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = (p[2 * count + i] + p[count + i]) + p[i];
+    y[i] = bias ? v + bias[i % out] : v;
+  }
+}
+
+__global__ void initRowsKernel(float* __restrict__ y, int64_t n, int64_t out, const float* __restrict__ bias) {
+  pdlBegin();
+  const int64_t total = n * out;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = bias ? bias[i % out] : 0.0f;
+}
+
+// ---------------------------------------------------------------- MoE prefill: token rows to and from experts
+
+// grid (count, column blocks): row i of dst from row rows[i] of src.
+__global__ void gatherRowsKernel(const float* __restrict__ src, const int64_t* __restrict__ rows, int64_t dim,
+                                 float* __restrict__ dst) {
+  pdlBegin();
+  const int64_t i = blockIdx.x, c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c < dim) dst[i * dim + c] = src[rows[i] * dim + c];
+}
+
+__global__ void scatterAddRowsKernel(const float* __restrict__ src, const int64_t* __restrict__ rows,
+                                     const float* __restrict__ w, int64_t dim, float* __restrict__ dst) {
+  pdlBegin();
+  const int64_t i = blockIdx.x, c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c < dim) dst[rows[i] * dim + c] += w[i] * src[i * dim + c];
+}
+
 __device__ __forceinline__ float swigluOne(float g, float u, float limit, float alpha) {
   if (limit > 0) {
     g = fminf(g, limit);
@@ -1078,6 +1129,37 @@ cudaError_t moeExperts(const float* x, const MoeArgs& experts, int count, int ty
     default: DOPPLER_MOE(kBF16) break;
   }
 #undef DOPPLER_MOE
+  return cudaGetLastError();
+}
+
+cudaError_t splitBf16x3(const float* x, int64_t count, uint16_t* parts, cudaStream_t s) {
+  if (count <= 0) return cudaSuccess;
+  launch(splitBf16x3Kernel, unsigned(std::min<int64_t>(blocksFor(count, 256), 4096)), 256, 0, s, x, count, parts);
+  return cudaGetLastError();
+}
+
+cudaError_t sumParts(const float* p, int64_t count, int64_t out, const float* bias, float* y, cudaStream_t s) {
+  if (count <= 0) return cudaSuccess;
+  launch(sumPartsKernel, unsigned(std::min<int64_t>(blocksFor(count, 256), 4096)), 256, 0, s, p, count, out, bias, y);
+  return cudaGetLastError();
+}
+
+cudaError_t initRows(float* y, int64_t n, int64_t out, const float* bias, cudaStream_t s) {
+  if (n <= 0 || out <= 0) return cudaSuccess;
+  launch(initRowsKernel, unsigned(std::min<int64_t>(blocksFor(n * out, 256), 4096)), 256, 0, s, y, n, out, bias);
+  return cudaGetLastError();
+}
+
+cudaError_t gatherRows(const float* src, const int64_t* rows, int64_t count, int64_t dim, float* dst, cudaStream_t s) {
+  if (count <= 0 || dim <= 0) return cudaSuccess;
+  launch(gatherRowsKernel, dim3(unsigned(count), blocksFor(dim, 256)), 256, 0, s, src, rows, dim, dst);
+  return cudaGetLastError();
+}
+
+cudaError_t scatterAddRows(const float* src, const int64_t* rows, const float* w, int64_t count, int64_t dim,
+                           float* dst, cudaStream_t s) {
+  if (count <= 0 || dim <= 0) return cudaSuccess;
+  launch(scatterAddRowsKernel, dim3(unsigned(count), blocksFor(dim, 256)), 256, 0, s, src, rows, w, dim, dst);
   return cudaGetLastError();
 }
 

@@ -137,6 +137,19 @@ int argmaxBlocks(int64_t n);
 cudaError_t argmax(const float* x, int64_t rows, int64_t n, float* pv, int* pi, unsigned* counter, int32_t* out,
                    cudaStream_t s);
 
+// cuBLAS prefill helpers (cublas_gemm.cpp): parts [3][count] bf16 with x = parts[0] + parts[1] + parts[2] (each the
+// bf16 rounding of what the previous parts leave); initRows: y[t, o] = bias[o] (or 0) for t < n, o < out;
+// sumParts: y[i] = (p[2][i] + p[1][i]) + p[0][i] (+ bias[i % out]) for i < count, p [3][count].
+cudaError_t splitBf16x3(const float* x, int64_t count, uint16_t* parts, cudaStream_t s);
+cudaError_t initRows(float* y, int64_t n, int64_t out, const float* bias, cudaStream_t s);
+cudaError_t sumParts(const float* p, int64_t count, int64_t out, const float* bias, float* y, cudaStream_t s);
+
+// dst[i, :] = src[rows[i], :]; scatterAddRows: dst[rows[i], :] += w[i] * src[i, :] (rows distinct). rows and w are
+// device arrays of count entries.
+cudaError_t gatherRows(const float* src, const int64_t* rows, int64_t count, int64_t dim, float* dst, cudaStream_t s);
+cudaError_t scatterAddRows(const float* src, const int64_t* rows, const float* w, int64_t count, int64_t dim,
+                           float* dst, cudaStream_t s);
+
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
 cudaError_t copyDevice(void* dst, const void* src, size_t bytes, cudaStream_t s);  // a kernel, not a memcpy
 cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s);
