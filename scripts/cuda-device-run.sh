@@ -10,7 +10,8 @@
 #   without programmatic edges (DOPPLER_CUDA_PDL=0); benchpaged: 25 % of the experts on the GPU, hybrid execution,
 #   --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier warm);
 #   benchcpu: the CPU backend; benchprefill: a
-#   1024-token prefill with cuBLAS and with the tiled GEMM (DOPPLER_CUBLAS=0). Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
+#   1024-token prefill with cuBLAS and with the tiled GEMM (DOPPLER_CUBLAS=0). BENCH_MODELS: the bench stages' models
+#   (default "mixtral qwen3"). Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
 OUTD=$(mktemp -d /tmp/cuda-logs.XXXX)  # every log; packed into $OUT/cuda-logs.tgz at the end
@@ -72,6 +73,7 @@ if has bench || has benchvariants || has benchpaged || has benchwarm || has benc
    has benchprefill; then
   for m in "mixtral mixtral-8x7b:4 3700M" "qwen3 qwen3-30b-a3b:8 4000M"; do
     set -- $m
+    [[ " ${BENCH_MODELS:-mixtral qwen3} " == *" $1 "* ]] || continue
     has bench && bench $1 --synthetic $2 -n 64 --stats
     has benchvariants && BENCH_ENV=DOPPLER_CUDA_GRAPHS=0 bench $1-nographs --synthetic $2 -n 64 --stats
     has benchvariants && BENCH_ENV=DOPPLER_CUDA_PDL=0 bench $1-nopdl --synthetic $2 -n 64 --stats

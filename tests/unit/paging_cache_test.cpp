@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include "convert/convert.h"
@@ -70,6 +71,36 @@ TEST(PagingUnits, ViewsEqualStoredTensors) {
   colSliced.tp = 2;
   auto m = RdrrModel::open(convert(tmp, "qwen3_moe", colSliced));
   expectUnitsMatchReader(*m);
+}
+
+// Units read in small pieces by several threads give the same bytes; a shard cut short on disk fails the read with
+// an Error naming the file (every reader stops; nothing hangs).
+TEST(PagingUnits, ParallelPiecesAndTruncatedShard) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, "mixtral");
+  auto m = RdrrModel::open(dir);
+  const TierPlan p = planTiers(*m, uint64_t(1) << 50, uint64_t(1) << 50, false);
+  const Unit* biggest = &p.units[0];
+  for (const Unit& u : p.units) {
+    std::vector<uint8_t> whole(u.bytes), pieces(u.bytes);
+    readUnit(*m, u, whole.data());
+    readUnit(*m, u, pieces.data(), 64);
+    EXPECT_EQ(whole, pieces) << u.label;
+    if (u.readBytes > biggest->readBytes) biggest = &u;
+  }
+  ASSERT_GT(biggest->readBytes, 64u * 8);  // several pieces per reader
+  const int shard = biggest->reads[0].shard;
+  const std::string path = dir + "/" + m->manifest().shards[size_t(shard)].filename;
+  // Cut short after it was opened (opening checks shard sizes itself).
+  std::filesystem::resize_file(path, biggest->reads[0].fileOffset + biggest->reads[0].size / 2);
+  std::vector<uint8_t> buf(biggest->bytes);
+  try {
+    readUnit(*m, *biggest, buf.data(), 64);
+    FAIL() << "read of a truncated shard succeeded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("end of file"), std::string::npos) << e.what();
+  }
 }
 
 TEST(PagingPlan, ModesAndMinimums) {
