@@ -34,15 +34,18 @@ class CudaParity : public ::testing::TestWithParam<ParityCase> {
     if (cudaDeviceCount(&why) <= 0) GTEST_SKIP() << "no usable GPU: " << why;
   }
   std::string convert(const TempDir& tmp) { return test::convertParityCase(GetParam(), tmp.path()); }
+  static EngineOptions gpuOptions() {
+    EngineOptions eo;
+    eo.quiet = true;
+    eo.backend = "cuda";
+    return eo;
+  }
 };
 
 TEST_P(CudaParity, ResidentOnGpu) {
   TempDir tmp;
   const std::string m = convert(tmp);
-  EngineOptions eo;
-  eo.quiet = true;
-  eo.backend = "cuda";
-  auto engine = Engine::open(m, eo);
+  auto engine = Engine::open(m, gpuOptions());
   ASSERT_EQ(engine->backend().name().rfind("cuda", 0), 0u);
   const EvalReport r = test::evalParityCase(*engine, GetParam());
   test::expectParity(r, 40);
@@ -62,10 +65,7 @@ TEST_P(CudaParity, ResidentOnGpu) {
 TEST_P(CudaParity, PagedWithSpilledKV) {
   TempDir tmp;
   const std::string m = convert(tmp);
-  EngineOptions eo;
-  eo.quiet = true;
-  eo.backend = "cuda";
-  eo = test::tightTierOptions(m, eo);
+  const EngineOptions eo = test::tightTierOptions(m, gpuOptions());
   const bool moe = RdrrModel::open(m)->config().numExperts > 0;
   auto engine = Engine::open(m, eo);
   const EvalReport r = test::evalParityCase(*engine, GetParam());
@@ -104,10 +104,7 @@ TEST_P(CudaParity, GraphsBitIdentical) {
   const std::string m = convert(tmp);
   auto decode = [&](bool graphs, uint64_t* steps) {
     ::setenv("DOPPLER_CUDA_GRAPHS", graphs ? "1" : "0", 1);
-    EngineOptions eo;
-    eo.quiet = true;
-    eo.backend = "cuda";
-    auto engine = Engine::open(m, eo);
+    auto engine = Engine::open(m, gpuOptions());
     ::unsetenv("DOPPLER_CUDA_GRAPHS");
     const int64_t V = engine->model().config().vocabSize;
     auto kv = engine->newKVCache(64);
@@ -133,10 +130,7 @@ TEST_P(CudaParity, GraphsBitIdentical) {
 TEST_P(CudaParity, GreedyPickOnDeviceMatchesLogits) {
   TempDir tmp;
   const std::string m = convert(tmp);
-  EngineOptions eo;
-  eo.quiet = true;
-  eo.backend = "cuda";
-  auto engine = Engine::open(m, eo);
+  auto engine = Engine::open(m, gpuOptions());
   test::expectGreedyMatchesLogits(*engine, 24);
   EXPECT_GE(engine->backend().stats().graphs.steps, 24u);  // the picks ran inside recorded steps
 }
