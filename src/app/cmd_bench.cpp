@@ -107,12 +107,14 @@ const bool kRegistered = registerCommand(
          int32_t next = engine->model().forwardGreedy(prompt.data(), o->promptTokens, 0, *kv);
          const double prefill = now() - t0;
          std::vector<double> steps;
+         const nlohmann::json before = engine->stats();  // paged runs: what the timed decode alone waited for
          for (int64_t i = 0; i < o->decodeTokens; i++) {
            const int32_t tok = o->decodeInput == "greedy" ? next : int32_t(rng() % uint32_t(cfg.vocabSize));
            double s = now();
            next = engine->model().forwardGreedy(&tok, 1, o->promptTokens + i, *kv);
            steps.push_back(now() - s);
          }
+         const nlohmann::json after = engine->stats();
          // The prefill again on a fresh cache: the first one also paid one-time costs (GPU kernels loaded on first
          // use, cuBLAS's among them).
          double prefillAgain = 0;
@@ -133,6 +135,21 @@ const bool kRegistered = registerCommand(
                      double(o->promptTokens) / prefillAgain);
          std::printf("decode           %lld tokens (%s input), median %.2f ms/token: %.2f tok/s\n",
                      (long long)o->decodeTokens, o->decodeInput.c_str(), median * 1e3, 1.0 / median);
+         if (after.contains("stall_seconds")) {  // weights paged: the decode steps' waits and where misses went
+           auto delta = [&](const nlohmann::json& a, const nlohmann::json& b) {
+             return (a.is_number() ? a.get<double>() : 0.0) - (b.is_number() ? b.get<double>() : 0.0);
+           };
+           const double n = double(o->decodeTokens);
+           std::printf("decode waits     %.3f ms per step waiting for weights",
+                       1e3 * delta(after["stall_seconds"], before.value("stall_seconds", nlohmann::json())) / n);
+           if (after.contains("hybrid")) {
+             const nlohmann::json &h = after["hybrid"], &h0 = before.value("hybrid", nlohmann::json::object());
+             auto per = [&](const char* k) { return delta(h[k], h0.value(k, nlohmann::json())) / n; };
+             std::printf("; per step %.2f experts on the CPU (%.3f ms), %.2f copied, %.2f read from disk",
+                         per("host_experts"), 1e3 * per("host_seconds"), per("copied_experts"), per("disk_experts"));
+           }
+           std::printf("\n");
+         }
          std::printf("weights/token    %s\n", formatSize(perToken).c_str());
          std::printf("weight read      %.2f GB/s\n", gbs);
          std::printf("memory bandwidth %.2f GB/s (host RAM read, median of %d, %d threads)\n", bw.medianGBs, bw.runs,
