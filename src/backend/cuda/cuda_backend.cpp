@@ -604,7 +604,7 @@ class CudaBackend final : public Backend {
       pick_.rows = std::max(size_t(rows), pick_.rows);
       const size_t bytes = pick_.parts * (sizeof(float) + sizeof(int)) + pick_.rows * (sizeof(unsigned) + sizeof(int32_t));
       ck(cudaMalloc(&pick_.dev, bytes), "cudaMalloc (argmax)");
-      ck(cudaMemset(pick_.dev, 0, bytes), "cudaMemset (argmax)");  // the counters start at zero
+      ck(cudaMemsetAsync(pick_.dev, 0, bytes, stream_), "cudaMemsetAsync (argmax)");  // the counters start at zero
       ck(cudaHostAlloc(reinterpret_cast<void**>(&pick_.host), pick_.rows * sizeof(int32_t), cudaHostAllocPortable),
          "cudaHostAlloc (argmax)");
     }
