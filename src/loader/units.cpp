@@ -157,7 +157,8 @@ Unit makeTensorUnit(const RdrrModel& m, const std::vector<std::string>& names, U
 
 void readUnit(const RdrrModel& m, const Unit& u, uint8_t* buf, uint64_t pieceBytes) {
   // A read from the page cache is a memory copy that one thread does at 4-6 GB/s: a unit's reads are cut into
-  // pieces that up to kReadThreads threads take in turn (the calling thread among them).
+  // pieces that up to kReadThreads threads take in turn (the calling thread among them). Threads of its own, not
+  // the global pool: the pool's callers take turns, and a load must not wait for the CPU's expert computation.
   const uint64_t kPiece = std::max<uint64_t>(pieceBytes, 1);
   constexpr size_t kReadThreads = 4;
   struct Piece {

@@ -219,21 +219,30 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   std::vector<float> wt;     // [n, K]
   routeOnHost(w, logitsDev.data(), n, idx, wt);
 
-  // Group tokens by expert so each expert's weights are read once per forward.
-  std::vector<std::vector<std::pair<int64_t, float>>> byExpert(static_cast<size_t>(E));
+  // Group tokens by expert so each expert's weights are read once per forward: expert e takes tokens rows[i] with
+  // routing weights w[i] (the arrays gatherRows / scatterAddRows take).
+  struct Routed {
+    std::vector<int64_t> rows;
+    std::vector<float> w;
+  };
+  std::vector<Routed> byExpert(static_cast<size_t>(E));
   for (int64_t t = 0; t < n; t++)
-    for (int64_t j = 0; j < K; j++) byExpert[size_t(idx[size_t(t * K + j)])].emplace_back(t, wt[size_t(t * K + j)]);
+    for (int64_t j = 0; j < K; j++) {
+      Routed& r = byExpert[size_t(idx[size_t(t * K + j)])];
+      r.rows.push_back(t);
+      r.w.push_back(wt[size_t(t * K + j)]);
+    }
 
   // The experts this step runs, in order: the tier manager loads them in this order while earlier ones compute
   // (and, with paging, predicts the next layer's experts so that their loads overlap this layer's compute).
   std::vector<int64_t> used;
   for (int64_t e = 0; e < E; e++)
-    if (!byExpert[size_t(e)].empty()) used.push_back(e);
+    if (!byExpert[size_t(e)].rows.empty()) used.push_back(e);
   if (n == 1 && !w.expertBias && host_) {  // decode beside a host CPU: the provider may give it some experts
     ExpertSplit split = weights_.splitExperts(l, used);
     if (weights_.wantsExpertPredictions()) predictNextExperts(l, a);
     std::vector<float> weight(static_cast<size_t>(E), 0.0f);
-    for (int64_t e : used) weight[size_t(e)] = byExpert[size_t(e)][0].second;
+    for (int64_t e : used) weight[size_t(e)] = byExpert[size_t(e)].w[0];
     hybridExperts(l, a, split, weight);
     return;
   }
@@ -246,25 +255,17 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
     std::vector<ExpertCall> calls;
     for (int64_t e : used) {
       leases.push_back(weights_.acquireExpert(l, int(e)));
-      calls.push_back(ExpertCall{leases.back().gate, leases.back().up, leases.back().down, byExpert[size_t(e)][0].second});
+      calls.push_back(ExpertCall{leases.back().gate, leases.back().up, leases.back().down, byExpert[size_t(e)].w[0]});
     }
     backend_.moeExperts(a.h.data(), calls.data(), int64_t(calls.size()), float(cfg_.swigluLimit), 1.702f,
                         a.out.data());
     return;
   }
   DeviceArray xe(backend_, size_t(n * hid)), ye(backend_, size_t(n * hid));  // [ne, hidden]
-  std::vector<int64_t> rows;
-  std::vector<float> rowW;
   for (int64_t e : used) {
-    const auto& toks = byExpert[size_t(e)];
-    const int64_t ne = int64_t(toks.size());
-    rows.clear();
-    rowW.clear();
-    for (const auto& [t, wt] : toks) {
-      rows.push_back(t);
-      rowW.push_back(wt);
-    }
-    backend_.gatherRows(a.h.data(), rows.data(), ne, hid, xe.data());  // xe[i] = h[token i]
+    const Routed& r = byExpert[size_t(e)];
+    const int64_t ne = int64_t(r.rows.size());
+    backend_.gatherRows(a.h.data(), r.rows.data(), ne, hid, xe.data());  // xe[i] = h[token i]
     ExpertLease ex = weights_.acquireExpert(l, int(e));  // pinned in the device tier until the end of this iteration
     FfnWeights fw;
     fw.gate = ex.gate;
@@ -277,7 +278,7 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
       db = paramsOf(ex.downBias, w.downBiasName[size_t(e)], hid);
     }
     denseFfn(fw, xe.data(), ne, ye.data(), gb.ptr(), ub.ptr(), db.ptr());
-    backend_.scatterAddRows(ye.data(), rows.data(), rowW.data(), ne, hid, a.out.data());  // out[token i] += w ye[i]
+    backend_.scatterAddRows(ye.data(), r.rows.data(), r.w.data(), ne, hid, a.out.data());  // out[token i] += w ye[i]
   }
 }
 

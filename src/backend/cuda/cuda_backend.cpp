@@ -226,7 +226,8 @@ class CudaBackend final : public Backend {
   void copy(void* dst, Tier, const void* src, Tier, size_t bytes) override {
     if (bytes == 0) return;
     // Classify by the pointers themselves (callers label tiers by role; a host vector may be labelled device).
-    const bool dDev = isDevice(dst), sDev = isDevice(src);
+    const cudaMemoryType dType = memoryType(dst);
+    const bool dDev = isDevice(dType), sDev = isDevice(memoryType(src));
     if (!dDev && !sDev) {
       // Host to host: the source may be device work's output only through a device pointer, so plain memcpy.
       std::memcpy(dst, src, bytes);
@@ -245,7 +246,7 @@ class CudaBackend final : public Backend {
     if (!dDev) {  // device to host: after the work that produces it, and wait
       // Into pageable memory (a logits vector) through a pinned buffer: the driver's own pageable path ran at
       // 7-8 GB/s for 608 KB (cuda_ops_bench).
-      if (bytes <= kStagingMax && !isPinned(dst)) {
+      if (bytes <= kStagingMax && dType != cudaMemoryTypeHost) {
         std::lock_guard<std::mutex> lk(stagingMu_);
         if (bytes > stagingBytes_) {
           if (staging_) ck(cudaFreeHost(staging_), "cudaFreeHost (staging)");
@@ -336,7 +337,9 @@ class CudaBackend final : public Backend {
     // Prefill: cuBLAS on tensor cores when it is there (never inside a recorded step: its launches bypass the
     // recorder); decode-sized n: our GEMV.
     if (n >= kCublasMinRows && !recordingHere() && blas_->takes(mw, n)) {
-      DeviceArray scratch(*this, (cuda::CublasGemm::scratchBytes(mw, n) + sizeof(float) - 1) / sizeof(float));
+      const size_t bytes = cuda::CublasGemm::scratchBytes(mw, n);  // 0 for f32 weights
+      DeviceArray scratch;
+      if (bytes) scratch = DeviceArray(*this, (bytes + sizeof(float) - 1) / sizeof(float));
       blas_->matmul(x, n, mw, bias, y, scratch.data());
       return;
     }
@@ -645,22 +648,17 @@ class CudaBackend final : public Backend {
     return copyStreams_.back();
   }
 
-  static bool isPinned(const void* p) {  // cudaHostAlloc'ed (or registered) host memory
+  // What p points at: cudaMemoryTypeDevice / Managed (GPU memory), Host (pinned: cudaHostAlloc'ed or registered)
+  // or Unregistered (pageable host memory).
+  static cudaMemoryType memoryType(const void* p) {
     cudaPointerAttributes a{};
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
       cudaGetLastError();
-      return false;
+      return cudaMemoryTypeUnregistered;
     }
-    return a.type == cudaMemoryTypeHost;
+    return a.type;
   }
-  static bool isDevice(const void* p) {
-    cudaPointerAttributes a{};
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
-  }
+  static bool isDevice(cudaMemoryType t) { return t == cudaMemoryTypeDevice || t == cudaMemoryTypeManaged; }
 
   // Host arrays of one op, packed into one host buffer and uploaded with one copy into the scratch area.
   // add() returns an offset; flush() uploads and returns the device base the offsets are relative to.
