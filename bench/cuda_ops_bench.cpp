@@ -1,7 +1,11 @@
 // Per-op cost of the CUDA backend at Qwen3-30B-A3B decode shapes (issue #8): for each op, the host time to issue
 // it (no synchronisation) and the time per op when 200 are run back to back and then waited for. Tells launch and
 // API overhead apart from GPU time. Usage: cuda_ops_bench (needs a GPU).
+#include <cuda_runtime.h>
+#include <sys/mman.h>
+
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <functional>
 #include <cstdlib>
@@ -26,6 +30,51 @@ void timeOp(Backend& b, const char* name, const std::function<void()>& op, int r
   const double total = now() - t0;
   std::printf("%-34s issue %8.2f us/op   complete %8.2f us/op\n", name, issue / reps * 1e6, total / reps * 1e6);
 }
+// Getting pinned host memory (the host tier's buffers): cudaHostAlloc at expert and slab sizes, and memory mapped
+// by us (transparent huge pages asked for, or not), touched, then registered with cudaHostRegister.
+void hostMemoryBench() {
+  auto ms = [](double s) { return s * 1e3; };
+  for (size_t mb : {9, 64, 256}) {
+    const size_t bytes = mb << 20;
+    double alloc = 0, freeT = 0;
+    const int reps = mb < 64 ? 8 : 2;
+    for (int i = 0; i < reps; i++) {
+      void* p = nullptr;
+      double t0 = now();
+      if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) != cudaSuccess) {
+        std::printf("cudaHostAlloc %zu MiB failed\n", mb);
+        return;
+      }
+      alloc += now() - t0;
+      t0 = now();
+      cudaFreeHost(p);
+      freeT += now() - t0;
+    }
+    std::printf("host memory: cudaHostAlloc %4zu MiB  %8.2f ms (%5.2f GB/s)   cudaFreeHost %6.2f ms\n", mb,
+                ms(alloc / reps), double(bytes) * reps / alloc / 1e9, ms(freeT / reps));
+  }
+  for (int huge : {1, 0}) {
+    for (size_t mb : {10, 256}) {
+      const size_t bytes = mb << 20;
+      double t0 = now();
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) return;
+      madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+      std::memset(p, 0, bytes);
+      const double touch = now() - t0;
+      t0 = now();
+      const cudaError_t e = cudaHostRegister(p, bytes, cudaHostRegisterPortable);
+      const double reg = now() - t0;
+      t0 = now();
+      if (e == cudaSuccess) cudaHostUnregister(p);
+      const double unreg = now() - t0;
+      munmap(p, bytes);
+      std::printf("host memory: mmap %s %4zu MiB: touch %7.2f ms (%5.2f GB/s), cudaHostRegister %7.2f ms (%5.2f GB/s)%s, "
+                  "unregister %6.2f ms\n", huge ? "+THP" : "-THP", mb, ms(touch), double(bytes) / touch / 1e9, ms(reg),
+                  double(bytes) / reg / 1e9, e == cudaSuccess ? "" : " FAILED", ms(unreg));
+    }
+  }
+}
 }  // namespace
 
 int main() {
@@ -34,6 +83,7 @@ int main() {
     std::printf("no GPU: %s\n", why.c_str());
     return 0;
   }
+  hostMemoryBench();
   auto b = makeBackend("cuda");
   std::mt19937 g(1);
   auto devBf16 = [&](int64_t rows, int64_t cols) {

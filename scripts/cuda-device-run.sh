@@ -11,7 +11,8 @@
 #   --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier warm);
 #   benchcpu: the CPU backend; benchprefill: a
 #   1024-token prefill with cuBLAS and with the tiled GEMM (DOPPLER_CUBLAS=0). BENCH_MODELS: the bench stages' models
-#   (default "mixtral qwen3"). Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
+#   (default "mixtral qwen3"); BENCH_TRACE=1: each bench also writes a --trace timeline, summarized by
+#   scripts/trace-summary.py. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
 OUTD=$(mktemp -d /tmp/cuda-logs.XXXX)  # every log; packed into $OUT/cuda-logs.tgz at the end
@@ -61,13 +62,18 @@ if has ncu; then  # per-kernel time and DRAM bytes of the first decode steps (op
     rm -rf $CACHE
   done
 fi
-bench() {  # name args... (BACKEND=cpu for the CPU backend)
+bench() {  # name args... (BACKEND=cpu for the CPU backend; BENCH_TRACE=1: --trace, summarized)
   local name=$1; shift
-  timeout 150 env ${BENCH_ENV:-} build/doppler bench --backend ${BACKEND:-cuda} --cache-dir $CACHE "$@" \
+  local trace=()
+  [ -n "${BENCH_TRACE:-}" ] && trace=(--trace "$OUTD/trace-$name.json")
+  timeout 150 env ${BENCH_ENV:-} build/doppler bench --backend ${BACKEND:-cuda} --cache-dir $CACHE "$@" "${trace[@]}" \
     > "$OUTD/bench-$name.log" 2>&1
   echo "== bench $name rc=$? ($*)"
   grep -E "^(prefill|decode|weight read|gpu|ratio|graphs|hybrid|transfer)" \
     "$OUTD/bench-$name.log" | cut -c1-400
+  if [ -n "${BENCH_TRACE:-}" ] && command -v python3 >/dev/null; then
+    python3 "$ROOT/scripts/trace-summary.py" "$OUTD/trace-$name.json" | tee "$OUTD/trace-$name.txt" | head -30
+  fi
 }
 if has bench || has benchvariants || has benchpaged || has benchwarm || has benchcpu ||
    has benchprefill; then

@@ -4,9 +4,11 @@
 #include <cstdio>
 #include <fmt/format.h>
 #include <string>
+#include <utility>
 
 #include "core/fs_util.h"
 #include "core/size.h"
+#include "core/trace.h"
 #include "app/swarm_cli.h"
 #include "engine/engine.h"
 
@@ -27,7 +29,38 @@ inline void addTierOptions(CLI::App& sub, EngineOptions& o) {
                "compute some of them from host RAM (hybrid execution, the default)");
   sub.add_flag("--stats", o.printStats, "Print tier/prefetch/speed statistics on stderr after the command");
   sub.add_option("--stats-json", o.statsJson, "Write the statistics as JSON to PATH after the command");
+  sub.add_option("--trace", o.tracePath,
+                 "Write a timeline of the run to PATH (Chrome trace JSON; open it in ui.perfetto.dev): forward passes, "
+                 "layers, waits for the GPU and for weights, disk reads, copies (with their time on the GPU's copy "
+                 "engine), hybrid splits and CPU experts");
 }
+
+// --trace PATH: records from construction; write() ends the trace and writes the file (Error when it cannot).
+// A command that fails before write() still leaves its timeline, written best-effort by the destructor.
+class TraceFile {
+ public:
+  explicit TraceFile(std::string path) : path_(std::move(path)) {
+    if (!path_.empty()) trace::start();
+  }
+  ~TraceFile() {
+    if (path_.empty()) return;
+    try {
+      write();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "doppler: %s\n", e.what());
+    }
+  }
+  TraceFile(const TraceFile&) = delete;
+  TraceFile& operator=(const TraceFile&) = delete;
+  void write() {
+    if (path_.empty()) return;
+    const std::string path = std::exchange(path_, std::string());
+    writeFile(path, trace::stop(), /*sync=*/false);
+  }
+
+ private:
+  std::string path_;
+};
 
 // The statistics as text: the tier table, then one line per other section (so new sections print too).
 inline std::string formatStats(const nlohmann::json& j) {

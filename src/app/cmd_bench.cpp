@@ -87,6 +87,7 @@ const bool kRegistered = registerCommand(
              writeSyntheticCheckpoint(model, cfg);
            }
          }
+         TraceFile trace(o->engine.tracePath);
          auto engine = Engine::open(model, o->engine);
          const ModelConfig& cfg = engine->config();
          const uint64_t perToken = decodeBytesPerToken(engine->rdrr());
@@ -163,6 +164,7 @@ const bool kRegistered = registerCommand(
            std::printf("ratio            %.0f%% of memory bandwidth\n", 100.0 * gbs / bw.medianGBs);
          }
          if (o->engine.printStats) std::fputs(formatStats(engine->stats()).c_str(), stderr);
+         trace.write();
          return 0;
        };
      }});

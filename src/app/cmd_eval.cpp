@@ -31,6 +31,7 @@ const bool kRegistered = registerCommand(
            ->check(CLI::PositiveNumber);
        addEngineOptions(sub, o->engine);
        return [o] {
+         TraceFile trace(o->engine.tracePath);
          auto engine = Engine::open(o->model, o->engine);
          EvalReport r = runEval(engine->model(), o->reference,
                                 [&](int64_t cap) { return engine->newKVCache(cap); });
@@ -41,6 +42,7 @@ const bool kRegistered = registerCommand(
          std::printf("%s: worst relative error %.3e %s tolerance %.1e\n", ok ? "PASS" : "FAIL", worst,
                      ok ? "<=" : ">", o->tol);
          reportStats(*engine, o->engine);
+         trace.write();
          return ok ? 0 : 1;
        };
      }});

@@ -49,6 +49,7 @@ const bool kRegistered = registerCommand(
          if (!seed->count())
            o->sampler.seed = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) ^ std::random_device{}();
          validateSamplerConfig(o->sampler);
+         TraceFile trace(o->engine.tracePath);
          auto engine = Engine::open(o->model, o->engine);
          auto tok = Tokenizer::fromDir(engine->dir());
          const ModelConfig& cfg = engine->config();
@@ -93,6 +94,7 @@ const bool kRegistered = registerCommand(
                       (long long)st.promptTokens, st.prefillTokensPerSecond(), (long long)st.generatedTokens,
                       st.decodeTokensPerSecond(), st.stoppedByEos ? " (stopped at end-of-sequence)" : "");
          reportStats(*engine, o->engine);
+         trace.write();
          return 0;
        };
      }});

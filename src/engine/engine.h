@@ -39,6 +39,7 @@ struct EngineOptions {
   bool hybrid = true;
   bool printStats = false;                 // --stats: print the run statistics (stderr) after the command
   std::string statsJson;                   // --stats-json PATH: write them as JSON
+  std::string tracePath;                   // --trace PATH: a timeline of the run (core/trace.h), written at the end
   // The swarm tier (issue #6, docs/swarm.md): peers for a model served by the store (--peer, --no-origin, ...).
   StoreSwarmOptions swarm;
 };

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 
 #include "core/error.h"
+#include "core/trace.h"
 #include "core/size.h"
 
 namespace doppler {
@@ -27,12 +29,19 @@ TierCache::TierCache(const RdrrModel& model, Backend& backend, const TierPlan& p
   try {
     for (size_t u = 0; u < plan_.units.size(); u++)
       if (plan_.resident[u]) loadResident(int(u));
+    host_.trim();  // the staging buffers: their room goes to paged units
   } catch (...) {
     for (size_t u = 0; u < st_.size(); u++)
       if (st_[u].dev) device_.release(st_[u].dev, plan_.units[u].bytes);
     throw;
   }
   loader_ = std::thread([this] { loaderMain(); });
+  std::map<uint64_t, size_t> sizes;  // paged unit bytes -> how many
+  for (size_t u = 0; u < plan_.units.size(); u++)
+    if (!plan_.resident[u]) sizes[plan_.units[u].bytes]++, pagedUnits_++;
+  for (const auto& [bytes, count] : sizes)
+    if (!growBytes_ || count > sizes[growBytes_]) growBytes_ = bytes;
+  if (opts_.hostReserveBytes > 0 && growBytes_ > 0) grower_ = std::thread([this] { growerMain(); });
 }
 
 TierCache::~TierCache() {
@@ -41,7 +50,9 @@ TierCache::~TierCache() {
     stop_ = true;
   }
   cv_.notify_all();
+  growCv_.notify_all();
   if (loader_.joinable()) loader_.join();
+  if (grower_.joinable()) grower_.join();
   for (size_t u = 0; u < st_.size(); u++) {
     if (st_[u].dev) device_.release(st_[u].dev, plan_.units[u].bytes);
     if (st_[u].host) host_.release(st_[u].host, plan_.units[u].bytes);
@@ -243,7 +254,12 @@ const uint8_t* TierCache::acquire(int u) {
       readyCv_.wait(lk);
     }
     s.waiters--;
-    stats_.stallSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.stallSeconds += waited;
+    if (trace::on()) {
+      const double end = trace::nowMicros();
+      trace::span("wait for weights", "tiers", end - waited * 1e6, end, {{"unit", double(u)}});
+    }
   }
   if (s.prefetched) {
     s.prefetched = false;
@@ -360,6 +376,7 @@ void TierCache::recordPrediction(uint64_t predicted, uint64_t correct, uint64_t 
 // ---------------------------------------------------------------- loader thread
 
 void TierCache::loaderMain() {
+  trace::nameThread("loader");
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
     if (stop_) return;
@@ -448,16 +465,29 @@ void TierCache::loadLocked(std::unique_lock<std::mutex>& lk, int u) {
   } else {
     stats_.host.misses++;
     void* h;
-    while (!(h = host_.tryAllocate(un.bytes))) {
+    for (;;) {
+      lk.unlock();  // fresh host memory takes milliseconds to pin: the compute thread must not wait for mu_ meanwhile
+      try {
+        h = host_.tryAllocate(un.bytes);
+      } catch (...) {
+        lk.lock();
+        throw;
+      }
+      lk.lock();
+      if (h) break;
       int v = hostVictim(u);
       if (v < 0)
         fail("host tier: no room for {} ({}): {} of the {} budget in use", un.label, formatSize(un.bytes),
              formatSize(host_.inUse()), formatSize(host_.budget()));
       evictHost(v);
     }
+    growCv_.notify_all();
     s.host = static_cast<uint8_t*>(h);
     lk.unlock();
     const auto t0 = std::chrono::steady_clock::now();
+    trace::Scope span("read from disk", "tiers");
+    span.arg("unit", u);
+    span.arg("bytes", double(un.readBytes));
     try {
       readUnit(model_, un, s.host);
     } catch (...) {
@@ -479,6 +509,9 @@ void TierCache::loadLocked(std::unique_lock<std::mutex>& lk, int u) {
   const uint8_t* src = s.host;
   lk.unlock();
   const auto t0 = std::chrono::steady_clock::now();
+  trace::Scope span("copy to device", "tiers");
+  span.arg("unit", u);
+  span.arg("bytes", double(un.bytes));
   try {
     backend_.copy(dst, Tier::Device, src, Tier::Host, un.bytes);
   } catch (...) {
@@ -489,6 +522,29 @@ void TierCache::loadLocked(std::unique_lock<std::mutex>& lk, int u) {
   stats_.copySeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   stats_.copyBytes += un.bytes;
   stats_.device.bytesIn += un.bytes;
+}
+
+void TierCache::growerMain() {
+  trace::nameThread("host grower");
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stop_) {
+    const uint64_t spare = host_.keptOf(growBytes_);
+    if (spare >= opts_.hostReserveBytes || onHost_.size() + spare / TierPool::accounted(growBytes_) >= pagedUnits_) {
+      growCv_.wait(lk);
+      continue;
+    }
+    lk.unlock();
+    bool grown = false;
+    try {
+      trace::Scope span("pin host memory", "tiers");
+      span.arg("bytes", double(growBytes_));
+      grown = host_.grow(growBytes_);
+    } catch (const std::exception&) {
+      grown = false;  // out of pinned memory below the budget: loads allocate (and report) for themselves
+    }
+    lk.lock();
+    if (!grown) return;  // the budget is taken: evicted buffers are reused from now on
+  }
 }
 
 // ---------------------------------------------------------------- stats

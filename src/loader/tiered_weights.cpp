@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/trace.h"
 
 namespace doppler {
 
@@ -12,6 +13,9 @@ TieredWeights::TieredWeights(const RdrrModel& model, Backend& backend, const Tie
   co.prefetch = opts.prefetch;
   co.halfLifeSteps = opts.halfLifeSteps;
   co.diskBudget = opts.diskBudget;
+  co.hostReserveBytes = opts.hostReserveBytes >= 0 ? uint64_t(opts.hostReserveBytes)
+                        : backend.hostVisible()    ? 0
+                                                   : uint64_t(1) << 30;
   cache_ = std::make_unique<TierCache>(model_, backend, plan_, opts.deviceBudget, opts.hostBudget, co);
   requested_.resize(size_t(plan_.numLayers));
   // Each routed expert's tensors, looked up once: gate/up/down weights (required) and biases (optional).
@@ -104,6 +108,7 @@ void TieredWeights::scorePrediction(int layer, std::span<const int64_t> experts)
 ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> experts) {
   if (!opts_.hybrid || allExpertsLoaded_ || layer < 0 || layer >= plan_.numLayers)
     return WeightProvider::splitExperts(layer, experts);
+  trace::Scope span("split experts", "hybrid");
   scorePrediction(layer, experts);
   ExpertSplit out;
   std::vector<int64_t> loading, disk;
@@ -151,6 +156,11 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
     tCpu += b / cpu;
   }
   for (auto* v : {&loading, &copies, &disk}) out.device.insert(out.device.end(), v->begin(), v->end());
+  span.arg("on_device", double(out.deviceReady));
+  span.arg("loading", double(loading.size()));
+  span.arg("copied", double(copies.size()));
+  span.arg("cpu", double(out.host.size()));
+  span.arg("disk", double(disk.size()));
   {
     std::lock_guard<std::mutex> lk(mu_);
     hybrid_.copiedExperts += copies.size();

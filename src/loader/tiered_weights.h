@@ -29,6 +29,9 @@ struct TieredOptions {
   // DOPPLER_HYBRID_PREDICT=1 turns the predictions back on.
   bool hybridPredict = false;
   double halfLifeSteps = 0;   // see TierCacheOptions
+  // See TierCacheOptions::hostReserveBytes; -1: 1 GiB on a backend with its own device memory (pinned host
+  // memory is slow to get), none on a host-visible one.
+  int64_t hostReserveBytes = -1;
 };
 
 class TieredWeights final : public WeightProvider {

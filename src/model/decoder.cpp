@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/trace.h"
 
 namespace doppler {
 
@@ -314,7 +315,12 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
     bytes += x.gate.bytes() + x.up.bytes() + x.down.bytes();
   }
   const auto t0 = std::chrono::steady_clock::now();
-  host_->moeExperts(xh.data(), calls.data(), int64_t(calls.size()), limit, alpha, yh.data());
+  {
+    trace::Scope span("experts on the CPU", "hybrid");
+    span.arg("experts", double(calls.size()));
+    span.arg("bytes", double(bytes));
+    host_->moeExperts(xh.data(), calls.data(), int64_t(calls.size()), limit, alpha, yh.data());
+  }
   weights_.reportHostCompute(calls.size(), bytes,
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   split.hostLeases.clear();  // unpinned from host RAM
@@ -330,7 +336,10 @@ void DecoderModel::routeOnHost(const MoeWeights& w, const float* logitsDev, int6
                                std::vector<float>& wt) {
   const int64_t E = cfg_.numExperts, K = cfg_.topK;
   std::vector<float> logits(static_cast<size_t>(n * E));
-  backend_.copy(logits.data(), Tier::Host, logitsDev, Tier::Device, logits.size() * sizeof(float));
+  {
+    trace::Scope span("routing to host", "model");  // waits for the GPU's work so far
+    backend_.copy(logits.data(), Tier::Host, logitsDev, Tier::Device, logits.size() * sizeof(float));
+  }
   std::vector<float> scoreBias;
   if (w.scoreBias.ptr()) {
     scoreBias.resize(size_t(E));
@@ -396,6 +405,8 @@ void DecoderModel::loadStandardLayer(int l, bool moe) {
 }
 
 void DecoderModel::layer(int l, Activations& a, KVCache& kv) {
+  trace::Scope span("layer", "model");
+  span.arg("layer", l);
   auto& w = layers_[size_t(l)];
   normInput(a, w.attnNorm, w.attnNormBias);  // x += the previous layer's FFN output; h = norm(x)
   attentionBlock(l, w.attn, a, kv);
@@ -423,6 +434,9 @@ int32_t DecoderModel::forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0,
 void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits,
                        int32_t* greedy) {
   check(n > 0, "forward: no tokens");
+  trace::Scope span("forward", "model");
+  span.arg("tokens", double(n));
+  span.arg("pos", double(pos0));
   check(pos0 + n <= kv.capacity(), "context full: {} tokens exceed the context of {} tokens", pos0 + n,
         kv.capacity());
   // A decode step with nothing paged: the backend may record it and replay it as a graph (Backend::beginStep).

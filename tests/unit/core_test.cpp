@@ -3,6 +3,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "core/dtype.h"
@@ -10,6 +12,7 @@
 #include "core/sha256.h"
 #include "core/size.h"
 #include "core/thread_pool.h"
+#include "core/trace.h"
 
 using namespace doppler;
 
@@ -105,4 +108,52 @@ TEST(ThreadPool, SpinningSleepingAndConcurrentCallers) {
     for (int rep = 0; rep < 2000; rep++) early += (1 + rep % 997) > i;
     ASSERT_EQ(hits[size_t(i)].load(), early + 1001) << "index " << i;
   }
+}
+
+// --trace: spans from several threads and a named lane come back as Chrome trace events with their args; nothing is
+// recorded while tracing is off, and a new trace starts empty.
+TEST(Trace, SpansThreadsLanesAndArgs) {
+  using doppler::trace::Scope;
+  {
+    Scope off("before start", "test");  // tracing is off: not recorded
+  }
+  doppler::trace::start();
+  {
+    Scope s("outer", "test");
+    s.arg("layer", 3);
+    std::thread t([] {
+      doppler::trace::nameThread("worker \"1\"");
+      Scope w("inner", "test");
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    });
+    t.join();
+    const double now = doppler::trace::nowMicros();
+    doppler::trace::span("copy", "gpu", now - 50, now, {{"bytes", 4096}, {"nan", std::nan("")}}, "copy engine");
+  }
+  const auto j = nlohmann::json::parse(doppler::trace::stop());
+  std::map<std::string, nlohmann::json> byName;  // span name -> event; thread id -> label
+  std::map<int, std::string> threads;
+  for (const auto& e : j["traceEvents"]) {
+    if (e["ph"] == "M") threads[e["tid"].get<int>()] = e["args"]["name"].get<std::string>();
+    else byName[e["name"].get<std::string>()] = e;
+  }
+  ASSERT_EQ(byName.size(), 3u) << j.dump();
+  EXPECT_EQ(byName.count("before start"), 0u);
+  const auto &outer = byName["outer"], &inner = byName["inner"], &copy = byName["copy"];
+  EXPECT_EQ(outer["args"]["layer"], 3);
+  EXPECT_EQ(threads[outer["tid"].get<int>()], "main");
+  EXPECT_EQ(threads[inner["tid"].get<int>()], "worker \"1\"");
+  EXPECT_EQ(threads[copy["tid"].get<int>()], "copy engine");
+  EXPECT_NE(inner["tid"], outer["tid"]);
+  EXPECT_GE(inner["dur"].get<double>(), 2000.0);                          // microseconds
+  EXPECT_GE(inner["ts"].get<double>(), outer["ts"].get<double>());        // inside the outer span
+  EXPECT_LE(inner["ts"].get<double>() + inner["dur"].get<double>(),
+            outer["ts"].get<double>() + outer["dur"].get<double>());
+  EXPECT_NEAR(copy["dur"].get<double>(), 50.0, 1e-3);
+  EXPECT_EQ(copy["args"]["bytes"], 4096);
+  EXPECT_TRUE(copy["args"]["nan"].is_null());
+  EXPECT_FALSE(doppler::trace::on());
+  doppler::trace::start();  // a second trace starts empty
+  const auto again = nlohmann::json::parse(doppler::trace::stop());
+  for (const auto& e : again["traceEvents"]) EXPECT_EQ(e["ph"], "M") << e.dump();
 }

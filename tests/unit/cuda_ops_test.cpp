@@ -465,6 +465,25 @@ TEST_F(CudaOps, TierCopiesRoundTrip) {
   gpu->release(Tier::Device, d2, n * 4);
   gpu->release(Tier::Host, host, n * 4);
   EXPECT_THROW(gpu->allocate(Tier::Disk, 16), Error);
+  // Host-tier buffers (mapped, huge pages asked for, registered) of sizes around the 2 MiB page: device -> host tier
+  // -> device copies keep every byte.
+  for (size_t bytes : {size_t(1), size_t(2) << 20, (size_t(3) << 20) + 5}) {
+    std::vector<uint8_t> want(bytes);
+    for (size_t i = 0; i < bytes; i++) want[i] = uint8_t(i * 131 + bytes);
+    auto* d = static_cast<uint8_t*>(gpu->allocate(Tier::Device, bytes));
+    auto* h = static_cast<uint8_t*>(gpu->allocate(Tier::Host, bytes));
+    auto* h2 = static_cast<uint8_t*>(gpu->allocate(Tier::Host, bytes));
+    gpu->copy(d, Tier::Device, want.data(), Tier::Host, bytes);
+    gpu->copy(h, Tier::Host, d, Tier::Device, bytes);  // into the pinned buffer
+    EXPECT_EQ(std::memcmp(h, want.data(), bytes), 0) << bytes;
+    gpu->fill(reinterpret_cast<float*>(d), int64_t(bytes / 4), 0.0f);
+    gpu->copy(d, Tier::Device, h, Tier::Host, bytes);  // from it
+    gpu->copy(h2, Tier::Host, d, Tier::Device, bytes);
+    EXPECT_EQ(std::memcmp(h2, want.data(), bytes), 0) << bytes;
+    gpu->release(Tier::Host, h, bytes);
+    gpu->release(Tier::Host, h2, bytes);
+    gpu->release(Tier::Device, d, bytes);
+  }
 }
 
 TEST(CudaSelect, AutoFallsBackToCpuWithoutGpu) {

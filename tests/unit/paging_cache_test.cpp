@@ -135,7 +135,7 @@ struct Rig {
   std::unique_ptr<Backend> b = makeCpuBackend();
   TierPlan plan;
   std::unique_ptr<TierCache> cache;
-  Rig(uint64_t experts, uint64_t hostExperts, bool prefetch = true) {
+  Rig(uint64_t experts, uint64_t hostExperts, bool prefetch = true, uint64_t hostReserve = 0) {
     m = RdrrModel::open(convert(tmp, "mixtral"));
     TierPlan sizes = planTiers(*m, uint64_t(1) << 50, uint64_t(1) << 50, false);
     const uint64_t dev = sizes.residentBytes + experts * sizes.maxExpertBytes;
@@ -143,6 +143,7 @@ struct Rig {
     plan = planTiers(*m, dev, host);
     TierCacheOptions o;
     o.prefetch = prefetch;
+    o.hostReserveBytes = hostReserve;
     cache = std::make_unique<TierCache>(*m, *b, plan, dev, host, o);
   }
   int unit(int l, int e) const { return plan.expertUnit[size_t(l)][size_t(e)]; }
@@ -225,6 +226,33 @@ TEST(PagingCache, HostTierStagesAndEvicts) {
   EXPECT_GE(s.host.evictions, 4u);
   EXPECT_LE(s.host.peakBytes, s.host.budgetBytes);
   EXPECT_LE(s.hostUnits, 2u);
+}
+
+// The host reserve: a thread gets host buffers before loads need them, refills what loads take, and stays within
+// the host budget (in use + kept); loads still read the right bytes (Rig::use compares them).
+TEST(PagingCache, HostReserveIsReadyAheadAndWithinBudget) {
+  TempDir probe;
+  auto m = RdrrModel::open(convert(probe, "mixtral"));
+  const uint64_t expert = TierPool::accounted(planTiers(*m, uint64_t(1) << 50, uint64_t(1) << 50, false).maxExpertBytes);
+  Rig r(3, 8, /*prefetch=*/true, /*hostReserve=*/3 * expert);
+  auto waitKept = [&](uint64_t want) {
+    for (int i = 0; i < 400 && r.cache->hostReserveBytes() != want; i++)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return r.cache->hostReserveBytes();
+  };
+  EXPECT_EQ(waitKept(3 * expert), 3 * expert);  // ready before any load
+  r.use(0, 0);
+  r.use(0, 1);
+  EXPECT_EQ(waitKept(3 * expert), 3 * expert);  // refilled: 2 in use + 3 kept <= 8
+  for (int e = 2; e < 8; e++) r.use(0, e);      // 8 in use: the budget is full, nothing kept
+  TierCacheStats s = r.cache->stats();
+  EXPECT_EQ(s.host.misses, 8u);
+  EXPECT_LE(s.host.residentBytes + r.cache->hostKeptBytes(), s.host.budgetBytes);
+  for (int e = 0; e < 8; e++) r.use(1, e);  // evictions from now on
+  s = r.cache->stats();
+  EXPECT_GE(s.host.evictions, 8u);
+  EXPECT_LE(s.host.peakBytes, s.host.budgetBytes);
+  EXPECT_LE(s.host.residentBytes + r.cache->hostKeptBytes(), s.host.budgetBytes);
 }
 
 TEST(PagingCache, PrefetchUsedWastedAndDropped) {

@@ -3,6 +3,9 @@
 // used), budgets below the minimum fail with one clear line, and `doppler info --tiers`.
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
+
 #include "convert/convert.h"
 #include "core/fs_util.h"
 #include "core/json_util.h"
@@ -109,6 +112,44 @@ TEST(EvalPagedErrors, BudgetBelowMinimumIsOneClearLine) {
   ASSERT_EQ(res.exitCode, 0) << res.err;
   EXPECT_NE(res.err.find("weights: resident"), std::string::npos) << res.err;
   EXPECT_NE(res.err.find("tokens_per_second"), std::string::npos) << res.err;
+}
+
+// --trace: the timeline of a paged run holds its forward passes, one span per layer and pass, the loader's disk
+// reads and copies (on its own, named thread) and the waits for weights; the file is Chrome trace JSON.
+TEST(EvalTrace, PagedRunHasForwardsLayersLoadsAndWaits) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, "qwen3_moe");
+  const TierPlan p = sizesOf(dir);
+  const uint64_t vram = p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes;
+  auto r = runCli(evalArgs(dir, "qwen3_moe") + " --vram " + std::to_string(vram) + " --ram " +
+                  std::to_string(p.expertTotalBytes / 2) + " --trace " + shellQuote(tmp / "trace.json"));
+  ASSERT_EQ(r.exitCode, 0) << r.out << r.err;
+  Json t = readJsonFile(tmp / "trace.json");
+  std::map<std::string, int> count;
+  std::map<int, std::string> threads;
+  std::set<int> loaderTids;
+  for (const auto& e : t["traceEvents"]) {
+    if (e["ph"] == "M") {
+      threads[e["tid"].get<int>()] = e["args"]["name"].get<std::string>();
+      continue;
+    }
+    ASSERT_EQ(e["ph"], "X") << e.dump();
+    EXPECT_GE(e["dur"].get<double>(), 0.0) << e.dump();
+    count[e["name"].get<std::string>()]++;
+    if (e["name"] == "read from disk") loaderTids.insert(e["tid"].get<int>());
+  }
+  ASSERT_GT(count["forward"], 1) << t.dump();
+  EXPECT_EQ(count["layer"], count["forward"] * int(p.numLayers));
+  EXPECT_GT(count["read from disk"], 0);
+  EXPECT_GT(count["copy to device"], 0);
+  EXPECT_GT(count["wait for weights"], 0);
+  EXPECT_GT(count["routing to host"], 0);
+  ASSERT_EQ(loaderTids.size(), 1u);
+  EXPECT_EQ(threads[*loaderTids.begin()], "loader");
+  // An unwritable path is one clear error after the run.
+  auto bad = runCli(evalArgs(dir, "qwen3_moe") + " --trace " + shellQuote(tmp / "no-such-dir/t.json"));
+  EXPECT_NE(bad.exitCode, 0);
+  EXPECT_NE(bad.err.find("no-such-dir"), std::string::npos) << bad.err;
 }
 
 TEST(InfoTiers, PrintsCapabilitiesBudgetsAndPlacement) {

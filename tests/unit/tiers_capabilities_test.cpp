@@ -1,6 +1,10 @@
 // Issue #4: capability detection (meminfo, cgroup v1/v2 limits, statvfs), budgets and the budgeted pools.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+#include <vector>
+
 #include <filesystem>
 #include <fstream>
 
@@ -205,6 +209,46 @@ TEST(TiersPool, KeepsReleasedBuffersWithinTheBudget) {
   EXPECT_EQ(pool.inUse(), 0u);
   EXPECT_EQ(pool.kept(), 1024u);
   EXPECT_EQ(pool.peak(), 1024u);
+}
+
+// grow() gets buffers ahead of demand within the budget; tryAllocate hands them out, and waits for a grow in flight
+// rather than allocating beside it. Concurrent growing, allocating and releasing keep in use + kept <= budget.
+TEST(TiersPool, GrowsAheadWithinTheBudget) {
+  auto b = makeCpuBackend();
+  TierPool pool(*b, Tier::Host, 4 * 512 + 100);
+  EXPECT_TRUE(pool.grow(500));
+  EXPECT_TRUE(pool.grow(500));
+  EXPECT_EQ(pool.kept(), 1024u);
+  EXPECT_EQ(pool.keptOf(500), 1024u);
+  EXPECT_EQ(pool.keptOf(64), 0u);
+  EXPECT_EQ(pool.inUse(), 0u);
+  void* a = pool.tryAllocate(512);  // a grown buffer
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(pool.keptOf(512), 512u);
+  EXPECT_TRUE(pool.grow(512));
+  EXPECT_TRUE(pool.grow(512));
+  EXPECT_FALSE(pool.grow(512));  // 512 in use + 3 x 512 kept: no room for a fifth
+  EXPECT_FALSE(pool.grow(8192));
+  EXPECT_LE(pool.inUse() + pool.kept(), pool.budget());
+  pool.release(a, 512);
+
+  TierPool busy(*b, Tier::Host, 8 * 4096);
+  std::atomic<bool> done{false};
+  std::thread grower([&] {
+    while (!done.load()) busy.grow(4096);
+  });
+  for (int i = 0; i < 2000; i++) {
+    std::vector<void*> got;
+    for (int k = 0; k < 1 + i % 8; k++)
+      if (void* p = busy.tryAllocate(k % 3 ? 4096 : 1000)) got.push_back(p);
+    EXPECT_LE(busy.inUse() + busy.kept(), busy.budget());
+    EXPECT_FALSE(got.empty());
+    for (size_t k = 0; k < got.size(); k++) busy.release(got[k], k % 3 ? 4096 : 1000);
+  }
+  done = true;
+  grower.join();
+  EXPECT_EQ(busy.inUse(), 0u);
+  EXPECT_LE(busy.kept(), busy.budget());
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 //
 // Memory: Tier::Device is GPU memory from the stream-ordered allocator (cudaMallocAsync on the compute stream,
 // pool kept, never managed memory), so the many small scratch arrays of a forward cost no cudaMalloc each;
-// Tier::Host is pinned memory (cudaHostAlloc), which the GPU copies from at full PCIe speed.
+// Tier::Host is pinned memory (mapped by us with huge pages and registered: pinned_memory.h; cudaHostAlloc when that
+// fails), which the GPU copies from at full PCIe speed.
 // Streams: ops run in issue order on one compute stream and return at once. copy() keeps the interface's
 // synchronous meaning where it matters: a copy into host memory waits for it; a host-to-device copy (the tier
 // cache's loader thread uses them) runs on the calling thread's own copy stream after the work already issued on
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -25,8 +27,10 @@
 #include "backend/cuda/cublas_gemm.h"
 #include "backend/cuda/graph_recorder.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/pinned_memory.h"
 #include "backend/gpu_bandwidth.h"
 #include "core/error.h"
+#include "core/trace.h"
 
 namespace doppler {
 
@@ -173,6 +177,7 @@ class CudaBackend final : public Backend {
     for (auto& c : copyStreams_) {
       cudaStreamDestroy(c.stream);
       cudaEventDestroy(c.event);
+      for (auto e : c.timing) cudaEventDestroy(e);
     }
     cudaStreamDestroy(stream_);
   }
@@ -203,6 +208,7 @@ class CudaBackend final : public Backend {
       return p;
     }
     if (tier == Tier::Host) {
+      if ((p = pinned_.allocate(b))) return p;  // mapped, faulted in and registered: far faster (pinned_memory.h)
       cudaError_t e = cudaHostAlloc(&p, b, cudaHostAllocPortable);
       if (e != cudaSuccess) {
         cudaGetLastError();
@@ -220,7 +226,7 @@ class CudaBackend final : public Backend {
       return;
     }
     if (tier == Tier::Device) ck(cudaFreeAsync(p, stream_), "cudaFreeAsync");
-    else ck(cudaFreeHost(p), "cudaFreeHost");
+    else if (!pinned_.release(p)) ck(cudaFreeHost(p), "cudaFreeHost");
   }
 
   void copy(void* dst, Tier, const void* src, Tier, size_t bytes) override {
@@ -265,10 +271,22 @@ class CudaBackend final : public Backend {
     }
     // Host to device, on this thread's copy stream after the compute work issued so far.
     CopyStream& cs = copyStream();
+    const bool timed = trace::on();  // the copy's GPU-side timeline: waiting for compute, then copying
+    if (timed) ck(cudaEventRecord(cs.timing[0], cs.stream), "copy: cudaEventRecord");
     ck(cudaEventRecord(cs.event, stream_), "copy: cudaEventRecord");
     ck(cudaStreamWaitEvent(cs.stream, cs.event, 0), "copy: cudaStreamWaitEvent");
+    if (timed) ck(cudaEventRecord(cs.timing[1], cs.stream), "copy: cudaEventRecord");
     ck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cs.stream), "host-to-device copy");
+    if (timed) ck(cudaEventRecord(cs.timing[2], cs.stream), "copy: cudaEventRecord");
     ck(cudaStreamSynchronize(cs.stream), "host-to-device copy: synchronize");
+    if (timed) {
+      float waitMs = 0, copyMs = 0;
+      ck(cudaEventElapsedTime(&waitMs, cs.timing[0], cs.timing[1]), "copy: cudaEventElapsedTime");
+      ck(cudaEventElapsedTime(&copyMs, cs.timing[1], cs.timing[2]), "copy: cudaEventElapsedTime");
+      const double end = trace::nowMicros();  // the host saw the copy end (a few us late)
+      trace::span("h2d copy", "gpu", end - 1e3 * copyMs, end,
+                  {{"bytes", double(bytes)}, {"waited_for_compute_us", 1e3 * waitMs}}, "copy engine");
+    }
   }
 
   void synchronize() override {
@@ -634,6 +652,7 @@ class CudaBackend final : public Backend {
     std::thread::id thread;
     cudaStream_t stream;
     cudaEvent_t event;
+    cudaEvent_t timing[3];  // --trace: before the wait for compute, after it, after the copy
   };
 
   CopyStream& copyStream() {
@@ -641,9 +660,10 @@ class CudaBackend final : public Backend {
     const auto id = std::this_thread::get_id();
     for (auto& c : copyStreams_)
       if (c.thread == id) return c;
-    CopyStream c{id, nullptr, nullptr};
+    CopyStream c{id, nullptr, nullptr, {}};
     ck(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking), "cudaStreamCreate (copies)");
     ck(cudaEventCreateWithFlags(&c.event, cudaEventDisableTiming), "cudaEventCreate");
+    for (auto& e : c.timing) ck(cudaEventCreate(&e), "cudaEventCreate");
     copyStreams_.push_back(c);
     return copyStreams_.back();
   }
@@ -736,7 +756,8 @@ class CudaBackend final : public Backend {
   std::thread::id owner_;
   cudaStream_t stream_ = nullptr;
   std::mutex mu_;
-  std::vector<CopyStream> copyStreams_;
+  std::deque<CopyStream> copyStreams_;  // a deque: references handed out stay valid when another thread adds one
+  cuda::PinnedMemory pinned_;           // the host tier's memory
   uint8_t* scratch_ = nullptr;
   size_t scratchBytes_ = 0;
   // Pinned buffer for device-to-host copies into pageable memory up to kStagingMax bytes.

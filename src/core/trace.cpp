@@ -1,0 +1,149 @@
+#include "core/trace.h"
+
+#include <chrono>
+#include <cmath>
+#include <fmt/format.h>
+#include <map>
+#include <mutex>
+#include <string_view>
+
+namespace doppler::trace {
+
+std::atomic<bool> gOn{false};
+
+namespace {
+struct Event {
+  const char* name;
+  const char* cat;
+  double ts, dur;
+  int tid;
+  Args args;
+};
+
+struct Recorder {
+  std::mutex mu;
+  std::vector<Event> events;
+  std::map<int, std::string> threadNames;     // tid -> label
+  std::map<std::string, int> lanes;           // lane label -> tid
+  int nextTid = 1;
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  uint64_t epoch = 0;  // bumped by start(): thread ids of an earlier trace are stale
+};
+
+Recorder& rec() {
+  static Recorder r;
+  return r;
+}
+
+// The calling thread's id in the current trace (assigned under rec().mu).
+int threadIdLocked(Recorder& r) {
+  thread_local int tid = 0;
+  thread_local uint64_t epoch = ~uint64_t(0);
+  if (epoch != r.epoch) {
+    tid = r.nextTid++;
+    epoch = r.epoch;
+  }
+  return tid;
+}
+
+void appendJsonString(std::string& out, std::string_view s) {
+  out += '"';
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += fmt::format("\\u{:04x}", int(c));
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+}
+}  // namespace
+
+double nowMicros() {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - rec().t0).count();
+}
+
+void span(const char* name, const char* cat, double t0, double t1, Args args, const char* lane) {
+  if (!on()) return;
+  Recorder& r = rec();
+  std::lock_guard<std::mutex> lk(r.mu);
+  int tid;
+  if (lane) {
+    auto [it, added] = r.lanes.emplace(lane, 0);
+    if (added) {
+      it->second = r.nextTid++;
+      r.threadNames[it->second] = lane;
+    }
+    tid = it->second;
+  } else {
+    tid = threadIdLocked(r);
+  }
+  r.events.push_back(Event{name, cat, t0, std::max(0.0, t1 - t0), tid, std::move(args)});
+}
+
+void nameThread(const char* name) {
+  if (!on()) return;
+  Recorder& r = rec();
+  std::lock_guard<std::mutex> lk(r.mu);
+  r.threadNames.emplace(threadIdLocked(r), name);
+}
+
+void start() {
+  Recorder& r = rec();
+  {
+    std::lock_guard<std::mutex> lk(r.mu);
+    r.events.clear();
+    r.threadNames.clear();
+    r.lanes.clear();
+    r.nextTid = 1;
+    r.epoch++;
+    r.t0 = std::chrono::steady_clock::now();
+  }
+  gOn.store(true);
+  nameThread("main");
+}
+
+std::string stop() {
+  gOn.store(false);
+  Recorder& r = rec();
+  std::lock_guard<std::mutex> lk(r.mu);
+  std::string out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
+  bool first = true;
+  auto sep = [&] {
+    if (!first) out += ",\n";
+    first = false;
+  };
+  for (const auto& [tid, label] : r.threadNames) {
+    sep();
+    out += fmt::format(R"({{"ph": "M", "pid": 1, "tid": {}, "name": "thread_name", "args": {{"name": )", tid);
+    appendJsonString(out, label);
+    out += "}}";
+  }
+  for (const Event& e : r.events) {
+    sep();
+    out += R"({"ph": "X", "pid": 1, "tid": )" + std::to_string(e.tid) + ", \"name\": ";
+    appendJsonString(out, e.name);
+    out += ", \"cat\": ";
+    appendJsonString(out, e.cat);
+    out += fmt::format(", \"ts\": {:.3f}, \"dur\": {:.3f}", e.ts, e.dur);
+    if (!e.args.empty()) {
+      out += ", \"args\": {";
+      for (size_t i = 0; i < e.args.size(); i++) {
+        if (i) out += ", ";
+        appendJsonString(out, e.args[i].first);
+        const double v = e.args[i].second;
+        out += std::isfinite(v) ? fmt::format(": {}", v) : std::string(": null");
+      }
+      out += "}";
+    }
+    out += "}";
+  }
+  out += "\n]}\n";
+  r.events.clear();
+  return out;
+}
+
+}  // namespace doppler::trace
