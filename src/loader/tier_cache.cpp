@@ -527,7 +527,7 @@ void TierCache::loadLocked(std::unique_lock<std::mutex>& lk, int u) {
 void TierCache::growerMain() {
   trace::nameThread("host grower");
   std::unique_lock<std::mutex> lk(mu_);
-  while (!stop_) {
+  while (!stop_ && !growStop_) {
     const uint64_t spare = host_.keptOf(growBytes_);
     if (spare >= opts_.hostReserveBytes || onHost_.size() + spare / TierPool::accounted(growBytes_) >= pagedUnits_) {
       growCv_.wait(lk);
@@ -545,6 +545,23 @@ void TierCache::growerMain() {
     lk.lock();
     if (!grown) return;  // the budget is taken: evicted buffers are reused from now on
   }
+}
+
+void TierCache::releaseHostTier() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    growStop_ = true;
+  }
+  growCv_.notify_all();
+  if (grower_.joinable()) grower_.join();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto it = onHost_.begin(); it != onHost_.end();) {
+      const int v = *it++;  // evictHost erases v
+      if (st_[size_t(v)].devReady && st_[size_t(v)].hostPins == 0) evictHost(v);
+    }
+  }
+  host_.trim();
 }
 
 // ---------------------------------------------------------------- stats

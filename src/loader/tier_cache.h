@@ -98,6 +98,10 @@ class TierCache {
   // Records the prediction scores (the provider knows which experts were predicted and used).
   void recordPrediction(uint64_t predicted, uint64_t correct, uint64_t actual);
 
+  // Every paged unit is in the device tier for good (TieredWeights::loadAllExperts): stops the host reserve and
+  // gives the host tier's memory back (its copies of device-resident units and the kept buffers).
+  void releaseHostTier();
+
   TierCacheStats stats() const;
   // Acquisitions of each unit so far (how skewed the routing is; benchmarks).
   std::vector<uint64_t> useCounts() const;
@@ -166,6 +170,7 @@ class TierCache {
   TierCacheStats stats_;
   std::thread loader_;
   std::thread grower_;
+  bool growStop_ = false;            // releaseHostTier(): the grower ends
   uint64_t growBytes_ = 0;           // the host buffers the grower gets: the most common paged unit size
   size_t pagedUnits_ = 0;
 };

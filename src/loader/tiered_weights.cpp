@@ -92,6 +92,7 @@ void TieredWeights::loadAllExperts() {
     for (size_t x = 0; x < plan_.expertUnit[size_t(l)].size(); x++)
       if (plan_.expertUnit[size_t(l)][x] >= 0) acquireExpert(l, int(x));  // loaded, then unpinned
   allExpertsLoaded_ = true;
+  if (!plan_.denseStreamed) cache_->releaseHostTier();  // nothing is paged from now on
 }
 
 void TieredWeights::scorePrediction(int layer, std::span<const int64_t> experts) {

@@ -178,6 +178,43 @@ TEST_P(PagedMoe, HybridSplitKeepsParity) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PagedMoe, ::testing::Values("mixtral", "qwen3_moe"));
 
+// When every expert fits in the device tier, loadAllExperts loads them all and the host tier gives its memory back
+// (nothing is paged any more); the model still matches the resident weights.
+TEST(LoadAllExperts, ReleasesTheHostTier) {
+  TempDir tmp;
+  const std::string dir = convert(tmp, "qwen3_moe");
+  const TierPlan p = sizesOf(dir).plan;
+  auto resident = openEngine(dir, std::nullopt, std::nullopt);
+  const int64_t V = resident->config().vocabSize;
+  const auto ids = someIds(V, 6, 3);
+  const auto want = runSequence(*resident, ids, 3);
+  auto rdrr = RdrrModel::open(dir);
+  auto device = makeCpuBackend();
+  TieredOptions to;
+  to.deviceBudget = p.residentBytes + p.expertTotalBytes + (uint64_t(1) << 20);
+  to.hostBudget = p.expertTotalBytes;
+  to.hostReserveBytes = int64_t(4 * p.maxExpertBytes);  // the reserve thread too (CPU backends have none by default)
+  TieredWeights w(*rdrr, *device, to);
+  w.loadAllExperts();
+  EXPECT_TRUE(w.expertsResident());
+  const TierCacheStats st = w.cacheStats();
+  EXPECT_EQ(st.hostUnits, 0u);
+  EXPECT_EQ(st.host.residentBytes, 0u);
+  EXPECT_EQ(w.cache().hostKeptBytes(), 0u);
+  EXPECT_GT(st.host.peakBytes, 0u);  // the experts came through host RAM
+  auto model = createModel(rdrr->config(), w, *device);
+  const int64_t N = int64_t(ids.size());
+  auto kv = makePagedKVCache(*device, model->kvShapes(), N, PagedKVOptions{});
+  std::vector<float> all(static_cast<size_t>(N * V)), one(static_cast<size_t>(V));
+  model->forward(ids.data(), 3, 0, *kv, true, all.data());
+  for (int64_t i = 3; i < N; i++) {
+    model->forward(&ids[size_t(i)], 1, i, *kv, false, one.data());
+    std::memcpy(all.data() + i * V, one.data(), size_t(V) * 4);
+  }
+  for (int64_t r = 0; r < N; r++)
+    EXPECT_LT(relativeError(all.data() + r * V, want.data() + r * V, V), 1e-5) << "row " << r;
+}
+
 // The split itself (TieredWeights::splitExperts): every selected expert lands on exactly one side; the device
 // side starts with the experts already in device memory; the host side holds only experts whose copy is in host
 // RAM and not in device memory, with views of that copy; without hybrid everything stays on the device.
