@@ -34,7 +34,9 @@ int runMain(int argc, char** argv) {
       "  DOPPLER_CUDA_PDL=0      --backend cuda: chain a step graph's kernels with full dependencies instead of\n"
       "                          programmatic ones (the next kernel no longer starts while one finishes)\n"
       "  DOPPLER_HYBRID_PREDICT=1  --backend cuda with paged experts: also copy predicted experts ahead in hybrid\n"
-      "                          execution (off by default: docs/tiers.md)");
+      "                          execution (off by default: docs/tiers.md)\n"
+      "  DOPPLER_HYBRID_SHARE=0  --backend cuda with paged experts: never share an expert between the CPU (gate/up)\n"
+      "                          and the GPU (down, copied); whole experts only");
   app.require_subcommand(1);
   auto cmds = registry();
   std::sort(cmds.begin(), cmds.end(), [](const Command& a, const Command& b) { return a.order < b.order; });

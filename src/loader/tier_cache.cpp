@@ -57,6 +57,8 @@ TierCache::~TierCache() {
     if (st_[u].dev) device_.release(st_[u].dev, plan_.units[u].bytes);
     if (st_[u].host) host_.release(st_[u].host, plan_.units[u].bytes);
   }
+  for (auto& [ticket, part] : parts_)
+    if (part.dev) device_.release(part.dev, part.bytes);
 }
 
 void TierCache::loadResident(int u) {
@@ -386,6 +388,14 @@ void TierCache::loaderMain() {
     if (!demand_.empty()) {
       u = demand_.front();
       demand = true;
+    } else if (!partQueue_.empty()) {
+      const int ticket = partQueue_.front();
+      if (!loadPartLocked(lk, ticket)) {
+        cv_.wait(lk);  // no room yet: every device block is pinned or loading; a release makes some
+        continue;
+      }
+      partQueue_.erase(std::find(partQueue_.begin(), partQueue_.end(), ticket));
+      continue;
     } else {
       dropStaleLocked();
       if (!queue_.empty()) {
@@ -562,6 +572,109 @@ void TierCache::releaseHostTier() {
     }
   }
   host_.trim();
+}
+
+int TierCache::loadPart(int u, uint64_t offset, uint64_t bytes) {
+  check(u >= 0 && size_t(u) < st_.size() && !plan_.resident[size_t(u)], "tier cache: part of unit {}: not paged", u);
+  check(offset + bytes <= plan_.units[size_t(u)].bytes && bytes > 0, "tier cache: part [{}, +{}) outside {} ({})", offset,
+        bytes, plan_.units[size_t(u)].label, plan_.units[size_t(u)].bytes);
+  std::lock_guard<std::mutex> lk(mu_);
+  const int ticket = nextPart_++;
+  Part part;
+  part.unit = u;
+  part.offset = offset;
+  part.bytes = bytes;
+  parts_.emplace(ticket, std::move(part));
+  partQueue_.push_back(ticket);
+  cv_.notify_all();
+  return ticket;
+}
+
+bool TierCache::loadPartLocked(std::unique_lock<std::mutex>& lk, int ticket) {
+  auto it = parts_.find(ticket);
+  if (it == parts_.end()) return true;
+  Part& part = it->second;
+  if (part.released) {  // given back before it was loaded
+    parts_.erase(it);
+    return true;
+  }
+  const Unit& un = plan_.units[size_t(part.unit)];
+  try {
+    const uint8_t* src = st_[size_t(part.unit)].host;
+    check(src != nullptr, "host tier: part of {} requested without its host copy", un.label);
+    void* p;
+    while (!(p = device_.tryAllocate(part.bytes))) {
+      const int v = deviceVictim(part.unit, true, PrefetchHint::Needed);
+      if (v < 0) return false;  // like a needed unit, it waits for room (the placement keeps a top-k working set)
+      evictDevice(v);
+    }
+    part.dev = static_cast<uint8_t*>(p);
+    part.loading = true;
+    const uint64_t offset = part.offset, bytes = part.bytes;
+    uint8_t* dst = part.dev;
+    lk.unlock();
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      trace::Scope span("copy part to device", "tiers");
+      span.arg("unit", part.unit);
+      span.arg("bytes", double(bytes));
+      backend_.copy(dst, Tier::Device, src + offset, Tier::Host, bytes);
+    } catch (...) {
+      lk.lock();
+      throw;
+    }
+    lk.lock();
+    stats_.copySeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.copyBytes += bytes;
+    stats_.device.bytesIn += bytes;
+    stats_.host.bytesOut += bytes;
+    part.loading = false;
+    part.ready = true;
+  } catch (...) {
+    part.loading = false;
+    part.error = std::current_exception();
+    if (part.dev) device_.release(part.dev, part.bytes);
+    part.dev = nullptr;
+  }
+  if (part.released) {  // given back while it loaded
+    if (part.dev) device_.release(part.dev, part.bytes);
+    parts_.erase(ticket);
+  }
+  readyCv_.notify_all();
+  return true;
+}
+
+const uint8_t* TierCache::acquirePart(int ticket) {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto it = parts_.find(ticket);
+  check(it != parts_.end(), "tier cache: unknown part {}", ticket);
+  Part& part = it->second;
+  if (!part.ready && !part.error) {
+    const auto t0 = std::chrono::steady_clock::now();
+    readyCv_.wait(lk, [&] { return part.ready || part.error; });
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.stallSeconds += waited;
+    if (trace::on()) {
+      const double end = trace::nowMicros();
+      trace::span("wait for weights", "tiers", end - waited * 1e6, end, {{"unit", double(part.unit)}});
+    }
+  }
+  if (part.error) std::rethrow_exception(part.error);
+  return part.dev;
+}
+
+void TierCache::releasePart(int ticket) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = parts_.find(ticket);
+  if (it == parts_.end()) return;
+  Part& part = it->second;
+  if (part.loading || (!part.ready && !part.error)) {  // the loader gives it back (or drops it unloaded)
+    part.released = true;
+    return;
+  }
+  if (part.dev) device_.release(part.dev, part.bytes);
+  parts_.erase(it);
+  cv_.notify_all();  // room for a needed unit waiting for it
 }
 
 // ---------------------------------------------------------------- stats

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <set>
 #include <span>
@@ -86,6 +87,15 @@ class TierCache {
   // Never loads or waits. Counts as a use of the unit (its eviction value) and as a host-tier hit.
   const uint8_t* acquireHost(int unit);
   void releaseHost(int unit);
+  // Hybrid execution, an expert shared between the host CPU and the device: loads bytes [offset, offset + bytes)
+  // of paged unit `unit` from its host copy (which the caller holds with acquireHost) into a device block of their
+  // own, before queued prefetches. Returns a ticket for acquirePart / releasePart.
+  int loadPart(int unit, uint64_t offset, uint64_t bytes);
+  // Waits for the part (counts as stall time) and returns its device bytes, valid until releasePart.
+  const uint8_t* acquirePart(int ticket);
+  // Gives the part's device block back (device work issued on it before stays ordered: copies into the block
+  // wait for the compute work issued before them). A part still loading is given back when its copy ends.
+  void releasePart(int ticket);
   // The eviction value of a unit now (decayed use count; higher is hotter).
   double heat(int unit) const;
   // Bytes per second of the loader's host-to-device copies of paged units so far; 0 before the first.
@@ -126,6 +136,13 @@ class TierCache {
     uint64_t uses = 0;
     std::exception_ptr error;
   };
+  struct Part {  // loadPart
+    int unit = -1;
+    uint64_t offset = 0, bytes = 0;
+    uint8_t* dev = nullptr;
+    bool ready = false, loading = false, released = false;
+    std::exception_ptr error;
+  };
   struct Request {
     int unit;
     PrefetchHint hint;
@@ -138,6 +155,8 @@ class TierCache {
   void growerMain();  // keeps opts_.hostReserveBytes of host buffers ready (TierPool::grow)
   // Loads unit u into its device block (s.dev already allocated); unlocks `lk` around I/O and copies.
   void loadLocked(std::unique_lock<std::mutex>& lk, int u);
+  // The loader's side of loadPart; false (nothing done) when the device tier has no room for it now.
+  bool loadPartLocked(std::unique_lock<std::mutex>& lk, int ticket);
   int deviceVictim(int u, bool demand, PrefetchHint hint) const;
   int hostVictim(int u) const;
   void evictDevice(int v);
@@ -162,6 +181,9 @@ class TierCache {
   std::vector<State> st_;
   std::set<int> onDevice_, onHost_;  // paged units resident in each tier
   std::deque<int> demand_;
+  std::map<int, Part> parts_;        // by ticket
+  std::deque<int> partQueue_;        // tickets to load, after demand_ and before queue_
+  int nextPart_ = 0;
   std::deque<Request> queue_;        // prefetches
   int64_t pass_ = 0;
   int curLayer_ = -1;

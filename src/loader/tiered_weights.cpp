@@ -1,6 +1,7 @@
 #include "loader/tiered_weights.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/trace.h"
@@ -125,6 +126,7 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
     }
   }
   out.deviceReady = out.device.size();
+  for (int64_t e : out.device) out.readyLeases.push_back(acquireExpert(layer, int(e)));  // pinned: at hand, no wait
   // Rates: host-to-device from the loader's copies so far (25 GB/s before the first), the CPU's from its expert
   // computations so far; until the CPU is measured, twice the link's, so that it gets experts and is measured.
   const double measured = cache_->copyRate();  // not stats(): that walks every unit and shard, once per layer here
@@ -134,15 +136,23 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
     std::lock_guard<std::mutex> lk(mu_);
     cpu = hybrid_.hostRate > 0 ? hybrid_.hostRate : 2 * link;
   }
-  // Hottest first to the device (they are likely to be used again there); each expert goes to the side that
-  // would finish it sooner.
+  // Hottest first to the device (they are likely to be used again there). Each expert takes the way that ends the
+  // layer's work soonest, given what the link (tLink) and the CPU (tCpu) already have: copied whole, computed by
+  // the CPU, or shared (gate/up on the CPU while down crosses the link; on Mixtral's shape, where the CPU reads
+  // about twice as fast as the link copies, both sides then take about as long).
   std::stable_sort(inHost.begin(), inHost.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   double tLink = pending / link, tCpu = 0;
   std::vector<int64_t> copies;
   for (const auto& [heat, e] : inHost) {
     const int ui = expertUnit(layer, int(e));
-    const double b = double(plan_.units[size_t(ui)].bytes);
-    if (tLink + b / link <= tCpu + b / cpu) {
+    const Unit& unit = plan_.units[size_t(ui)];
+    const double b = double(unit.bytes);
+    const UnitTensor* down = expertTensors_[size_t(ui)][2];
+    const bool canShare = opts_.hybridShare && !expertTensors_[size_t(ui)][3] && !expertTensors_[size_t(ui)][5];
+    const double bd = canShare ? double(viewOf(unit, *down, nullptr).bytes()) : 0.0;
+    const double viaLink = std::max(tLink + b / link, tCpu), viaCpu = std::max(tLink, tCpu + b / cpu);
+    const double viaBoth = bd > 0 ? std::max(tLink + bd / link, tCpu + (b - bd) / cpu) : INFINITY;
+    if (viaLink <= viaCpu && viaLink <= viaBoth) {
       copies.push_back(e);
       tLink += b / link;
       continue;
@@ -152,9 +162,27 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
       disk.push_back(e);
       continue;
     }
-    out.host.push_back(e);
-    out.hostLeases.push_back(leaseOf(ui, base, WeightPin([c = cache_.get(), ui] { c->releaseHost(ui); })));
-    tCpu += b / cpu;
+    if (viaCpu <= viaBoth) {
+      out.host.push_back(e);
+      out.hostLeases.push_back(leaseOf(ui, base, WeightPin([c = cache_.get(), ui] { c->releaseHost(ui); })));
+      tCpu += b / cpu;
+      continue;
+    }
+    const int ticket = cache_->loadPart(ui, down->offset, uint64_t(bd));
+    TierCache* c = cache_.get();
+    SharedExpert sh;
+    sh.expert = e;
+    sh.host = leaseOf(ui, base, WeightPin([c, ui, ticket] {
+                        c->releasePart(ticket);
+                        c->releaseHost(ui);
+                      }));
+    sh.down = [c, ticket, view = viewOf(unit, *down, nullptr)]() mutable {
+      view.data = c->acquirePart(ticket);
+      return view;
+    };
+    out.shared.push_back(std::move(sh));
+    tLink += bd / link;
+    tCpu += (b - bd) / cpu;
   }
   for (auto* v : {&loading, &copies, &disk}) out.device.insert(out.device.end(), v->begin(), v->end());
   span.arg("on_device", double(out.deviceReady));
@@ -162,8 +190,10 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
   span.arg("copied", double(copies.size()));
   span.arg("cpu", double(out.host.size()));
   span.arg("disk", double(disk.size()));
+  span.arg("shared", double(out.shared.size()));
   {
     std::lock_guard<std::mutex> lk(mu_);
+    hybrid_.sharedExperts += out.shared.size();
     hybrid_.copiedExperts += copies.size();
     hybrid_.diskExperts += disk.size();
   }
@@ -246,7 +276,8 @@ nlohmann::json TieredWeights::stats() const {
                    {"host_seconds", hybrid_.hostSeconds},
                    {"host_gb_per_s", gbps(hybrid_.hostBytes, hybrid_.hostSeconds)},
                    {"copied_experts", hybrid_.copiedExperts},
-                   {"disk_experts", hybrid_.diskExperts}};
+                   {"disk_experts", hybrid_.diskExperts},
+                   {"shared_experts", hybrid_.sharedExperts}};
   }
   j["placement"] = {{"dense", plan_.denseStreamed ? "streamed" : "resident"},
                     {"resident_bytes", plan_.residentBytes},

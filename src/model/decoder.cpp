@@ -287,19 +287,20 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
   const int64_t hid = cfg_.hiddenSize;
   const float limit = float(cfg_.swigluLimit), alpha = 1.702f;
   backend_.fill(a.out.data(), hid, 0.0f);
-  // Device experts already in device memory: issued first, they run while the host computes.
+  // Device experts already in device memory (pinned by the split): issued first, they run while the host computes.
   auto runOnDevice = [&](size_t from, size_t to) {
     if (from >= to) return;
     std::vector<ExpertLease> leases;
     std::vector<ExpertCall> calls;
     for (size_t i = from; i < to; i++) {
       const int64_t e = split.device[i];
-      leases.push_back(weights_.acquireExpert(l, int(e)));  // waits for a copy still on its way
-      calls.push_back(ExpertCall{leases.back().gate, leases.back().up, leases.back().down, weight[size_t(e)]});
+      const ExpertLease& x = i < split.readyLeases.size() ? split.readyLeases[i]
+                                                          : leases.emplace_back(weights_.acquireExpert(l, int(e)));
+      calls.push_back(ExpertCall{x.gate, x.up, x.down, weight[size_t(e)]});
     }
     backend_.moeExperts(a.h.data(), calls.data(), int64_t(calls.size()), limit, alpha, a.out.data());
   };
-  if (split.host.empty()) {
+  if (split.host.empty() && split.shared.empty()) {
     runOnDevice(0, split.device.size());
     return;
   }
@@ -307,6 +308,7 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
   std::vector<float> xh(static_cast<size_t>(hid)), yh(static_cast<size_t>(hid), 0.0f);  // [hidden]
   backend_.copy(xh.data(), Tier::Host, a.h.data(), Tier::Device, xh.size() * sizeof(float));
   runOnDevice(0, split.deviceReady);
+  split.readyLeases.clear();  // issued: their blocks may take this layer's loads (copies wait for issued work)
   std::vector<ExpertCall> calls;
   uint64_t bytes = 0;
   for (size_t i = 0; i < split.host.size(); i++) {
@@ -314,19 +316,50 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
     calls.push_back(ExpertCall{x.gate, x.up, x.down, weight[size_t(split.host[i])]});
     bytes += x.gate.bytes() + x.up.bytes() + x.down.bytes();
   }
+  // Shared experts: act = silu(gate x) * (up x) here, [sum of their I] back to back, while their down matrices cross.
+  std::vector<int64_t> actAt;  // offset of each shared expert's act
+  int64_t actLen = 0;
+  for (const SharedExpert& sh : split.shared) {
+    actAt.push_back(actLen);
+    actLen += sh.host.gate.rows();
+  }
+  std::vector<float> act(static_cast<size_t>(actLen));
   const auto t0 = std::chrono::steady_clock::now();
   {
     trace::Scope span("experts on the CPU", "hybrid");
     span.arg("experts", double(calls.size()));
-    span.arg("bytes", double(bytes));
-    host_->moeExperts(xh.data(), calls.data(), int64_t(calls.size()), limit, alpha, yh.data());
+    span.arg("shared", double(split.shared.size()));
+    if (!calls.empty()) host_->moeExperts(xh.data(), calls.data(), int64_t(calls.size()), limit, alpha, yh.data());
+    std::vector<float> g, u;  // [I]
+    for (size_t i = 0; i < split.shared.size(); i++) {
+      const ExpertLease& x = split.shared[i].host;
+      const int64_t I = x.gate.rows();
+      g.resize(size_t(I));
+      u.resize(size_t(I));
+      const Backend::MatmulOut outs[2] = {{x.gate, nullptr, g.data()}, {x.up, nullptr, u.data()}};
+      host_->matmulMany(xh.data(), 1, outs, 2);
+      host_->swiglu(g.data(), u.data(), I, limit, alpha, act.data() + actAt[i]);
+      bytes += x.gate.bytes() + x.up.bytes();
+    }
   }
   weights_.reportHostCompute(calls.size(), bytes,
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   split.hostLeases.clear();  // unpinned from host RAM
-  DeviceArray yd(backend_, size_t(hid));
-  backend_.copy(yd.data(), Tier::Device, yh.data(), Tier::Host, yh.size() * sizeof(float));
-  backend_.axpy(1.0f, yd.data(), hid, a.out.data());
+  if (!calls.empty()) {
+    DeviceArray yd(backend_, size_t(hid));
+    backend_.copy(yd.data(), Tier::Device, yh.data(), Tier::Host, yh.size() * sizeof(float));
+    backend_.axpy(1.0f, yd.data(), hid, a.out.data());
+  }
+  if (!split.shared.empty()) {  // down on the device, as its copy arrives
+    DeviceArray actd(backend_, size_t(actLen)), yd(backend_, size_t(hid));
+    backend_.copy(actd.data(), Tier::Device, act.data(), Tier::Host, act.size() * sizeof(float));
+    for (size_t i = 0; i < split.shared.size(); i++) {
+      const WeightView down = split.shared[i].down();  // waits for its copy
+      backend_.matmul(actd.data() + actAt[i], 1, down, nullptr, yd.data());
+      backend_.axpy(weight[size_t(split.shared[i].expert)], yd.data(), hid, a.out.data());
+    }
+    split.shared.clear();  // down's device copies go back (later copies into them wait for this work)
+  }
   // The copied experts last: their copies ran while the host computed.
   runOnDevice(split.deviceReady, split.device.size());
 }
