@@ -146,8 +146,8 @@ const bool kRegistered = registerCommand(
            if (after.contains("hybrid")) {
              const nlohmann::json &h = after["hybrid"], &h0 = before.value("hybrid", nlohmann::json::object());
              auto per = [&](const char* k) { return delta(h[k], h0.value(k, nlohmann::json())) / n; };
-             std::printf("; per step %.2f experts on the CPU and %.2f shared (CPU %.3f ms), %.2f copied, %.2f read from "
-                         "disk", per("host_experts"), per("shared_experts"), 1e3 * per("host_seconds"),
+             std::printf("; per step %.2f experts on the CPU and %.2f joint (CPU %.3f ms), %.2f copied, %.2f read from "
+                         "disk", per("host_experts"), per("joint_experts"), 1e3 * per("host_seconds"),
                          per("copied_experts"), per("disk_experts"));
            }
            std::printf("\n");

@@ -35,8 +35,8 @@ int runMain(int argc, char** argv) {
       "                          programmatic ones (the next kernel no longer starts while one finishes)\n"
       "  DOPPLER_HYBRID_PREDICT=1  --backend cuda with paged experts: also copy predicted experts ahead in hybrid\n"
       "                          execution (off by default: docs/tiers.md)\n"
-      "  DOPPLER_HYBRID_SHARE=0  --backend cuda with paged experts: never share an expert between the CPU (gate/up)\n"
-      "                          and the GPU (down, copied); whole experts only");
+      "  DOPPLER_HYBRID_JOINT=0  --backend cuda with paged experts: never run an expert jointly (gate/up on the CPU,\n"
+      "                          down copied to the GPU); whole experts only");
   app.require_subcommand(1);
   auto cmds = registry();
   std::sort(cmds.begin(), cmds.end(), [](const Command& a, const Command& b) { return a.order < b.order; });

@@ -82,8 +82,8 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
     to.hybrid = gpu && opts.hybrid;
     const char* hp = std::getenv("DOPPLER_HYBRID_PREDICT");
     to.hybridPredict = hp && std::string_view(hp) == "1";
-    const char* hs = std::getenv("DOPPLER_HYBRID_SHARE");
-    to.hybridShare = !(hs && std::string_view(hs) == "0");
+    const char* hj = std::getenv("DOPPLER_HYBRID_JOINT");
+    to.hybridJoint = !(hj && std::string_view(hj) == "0");
     auto t = std::make_unique<TieredWeights>(*e->rdrr_, *e->backend_, to);
     // On a GPU without --vram: when every expert fits beside the resident weights, load them all now, so that
     // "resident" means resident (no expert is read from disk in the middle of a decode).

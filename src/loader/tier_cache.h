@@ -87,7 +87,7 @@ class TierCache {
   // Never loads or waits. Counts as a use of the unit (its eviction value) and as a host-tier hit.
   const uint8_t* acquireHost(int unit);
   void releaseHost(int unit);
-  // Hybrid execution, an expert shared between the host CPU and the device: loads bytes [offset, offset + bytes)
+  // Hybrid execution, a joint expert (gate/up on the host CPU, down on the device): loads bytes [offset, offset + bytes)
   // of paged unit `unit` from its host copy (which the caller holds with acquireHost) into a device block of their
   // own, before queued prefetches. Returns a ticket for acquirePart / releasePart.
   int loadPart(int unit, uint64_t offset, uint64_t bytes);

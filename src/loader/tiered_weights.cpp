@@ -138,7 +138,7 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
   }
   // Hottest first to the device (they are likely to be used again there). Each expert takes the way that ends the
   // layer's work soonest, given what the link (tLink) and the CPU (tCpu) already have: copied whole, computed by
-  // the CPU, or shared (gate/up on the CPU while down crosses the link; on Mixtral's shape, where the CPU reads
+  // the CPU, or run jointly (gate/up on the CPU while down crosses the link; on Mixtral's shape, where the CPU reads
   // about twice as fast as the link copies, both sides then take about as long).
   std::stable_sort(inHost.begin(), inHost.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   double tLink = pending / link, tCpu = 0;
@@ -148,8 +148,8 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
     const Unit& unit = plan_.units[size_t(ui)];
     const double b = double(unit.bytes);
     const UnitTensor* down = expertTensors_[size_t(ui)][2];
-    const bool canShare = opts_.hybridShare && !expertTensors_[size_t(ui)][3] && !expertTensors_[size_t(ui)][5];
-    const double bd = canShare ? double(viewOf(unit, *down, nullptr).bytes()) : 0.0;
+    const bool canJoin = opts_.hybridJoint && !expertTensors_[size_t(ui)][3] && !expertTensors_[size_t(ui)][5];
+    const double bd = canJoin ? double(viewOf(unit, *down, nullptr).bytes()) : 0.0;
     const double viaLink = std::max(tLink + b / link, tCpu), viaCpu = std::max(tLink, tCpu + b / cpu);
     const double viaBoth = bd > 0 ? std::max(tLink + bd / link, tCpu + (b - bd) / cpu) : INFINITY;
     if (viaLink <= viaCpu && viaLink <= viaBoth) {
@@ -170,7 +170,7 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
     }
     const int ticket = cache_->loadPart(ui, down->offset, uint64_t(bd));
     TierCache* c = cache_.get();
-    SharedExpert sh;
+    JointExpert sh;
     sh.expert = e;
     sh.host = leaseOf(ui, base, WeightPin([c, ui, ticket] {
                         c->releasePart(ticket);
@@ -180,7 +180,7 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
       view.data = c->acquirePart(ticket);
       return view;
     };
-    out.shared.push_back(std::move(sh));
+    out.joint.push_back(std::move(sh));
     tLink += bd / link;
     tCpu += (b - bd) / cpu;
   }
@@ -190,10 +190,10 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
   span.arg("copied", double(copies.size()));
   span.arg("cpu", double(out.host.size()));
   span.arg("disk", double(disk.size()));
-  span.arg("shared", double(out.shared.size()));
+  span.arg("joint", double(out.joint.size()));
   {
     std::lock_guard<std::mutex> lk(mu_);
-    hybrid_.sharedExperts += out.shared.size();
+    hybrid_.jointExperts += out.joint.size();
     hybrid_.copiedExperts += copies.size();
     hybrid_.diskExperts += disk.size();
   }
@@ -277,7 +277,7 @@ nlohmann::json TieredWeights::stats() const {
                    {"host_gb_per_s", gbps(hybrid_.hostBytes, hybrid_.hostSeconds)},
                    {"copied_experts", hybrid_.copiedExperts},
                    {"disk_experts", hybrid_.diskExperts},
-                   {"shared_experts", hybrid_.sharedExperts}};
+                   {"joint_experts", hybrid_.jointExperts}};
   }
   j["placement"] = {{"dense", plan_.denseStreamed ? "streamed" : "resident"},
                     {"resident_bytes", plan_.residentBytes},

@@ -28,9 +28,9 @@ struct TieredOptions {
   // routing, holds the link that the layer's own misses need, while the CPU could have computed them);
   // DOPPLER_HYBRID_PREDICT=1 turns the predictions back on.
   bool hybridPredict = false;
-  // With hybrid execution, an expert may also be shared: gate/up on the CPU while down is copied and run on the
-  // device (DOPPLER_HYBRID_SHARE=0 turns it off).
-  bool hybridShare = true;
+  // With hybrid execution, an expert may also run jointly: gate/up on the CPU while down is copied and run on the
+  // device (DOPPLER_HYBRID_JOINT=0 turns it off).
+  bool hybridJoint = true;
   double halfLifeSteps = 0;   // see TierCacheOptions
   // See TierCacheOptions::hostReserveBytes; -1: 1 GiB on a backend with its own device memory (pinned host
   // memory is slow to get), none on a host-visible one.
@@ -93,7 +93,7 @@ class TieredWeights final : public WeightProvider {
     uint64_t hostCalls = 0;                   // reportHostCompute calls
     uint64_t copiedExperts = 0;               // host-RAM misses the split sent to the device (copies)
     uint64_t diskExperts = 0;                 // misses only on disk (loaded for the device)
-    uint64_t sharedExperts = 0;               // gate/up on the host CPU, down copied and run on the device
+    uint64_t jointExperts = 0;                // gate/up on the host CPU, down copied and run on the device
   } hybrid_;
   std::vector<std::array<const UnitTensor*, 6>> expertTensors_;  // [unit] gate/up/down weight, gate/up/down bias
 };

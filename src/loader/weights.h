@@ -92,23 +92,23 @@ enum class PrefetchHint : uint8_t {
   Predicted  // a prediction (the next layer's router applied to this layer's hidden state)
 };
 
-// An expert both sides run: the host CPU computes act = silu(gate x) * (up x) from host RAM while down's bytes are
+// A joint expert, run by both sides: the host CPU computes act = silu(gate x) * (up x) from host RAM while down's bytes are
 // copied to the device, which then computes down act.
-struct SharedExpert {
+struct JointExpert {
   int64_t expert = 0;
   ExpertLease host;                  // views of the host-RAM copy; its pin also gives down's device copy back
   std::function<WeightView()> down;  // waits for down's device copy; valid while `host` is held
 };
 
 // Hybrid execution (issue #8, docs/tiers.md): which of a layer's selected experts the device runs, which the host
-// CPU runs straight from host RAM, and which they share.
+// CPU runs straight from host RAM, and which they run jointly.
 struct ExpertSplit {
   std::vector<int64_t> device;  // run on the device: resident there, on their way, or queued for a copy now
   size_t deviceReady = 0;       // how many of `device` (its first entries) are in device memory already
   std::vector<ExpertLease> readyLeases;  // [deviceReady] those, pinned there (loads for the others evict nothing they need)
   std::vector<int64_t> host;    // run by the host CPU, from hostLeases
   std::vector<ExpertLease> hostLeases;  // [host.size()] views of the host-RAM copies (pinned there meanwhile)
-  std::vector<SharedExpert> shared;
+  std::vector<JointExpert> joint;
 };
 
 class WeightProvider {

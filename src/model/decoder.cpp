@@ -300,7 +300,7 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
     }
     backend_.moeExperts(a.h.data(), calls.data(), int64_t(calls.size()), limit, alpha, a.out.data());
   };
-  if (split.host.empty() && split.shared.empty()) {
+  if (split.host.empty() && split.joint.empty()) {
     runOnDevice(0, split.device.size());
     return;
   }
@@ -316,10 +316,10 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
     calls.push_back(ExpertCall{x.gate, x.up, x.down, weight[size_t(split.host[i])]});
     bytes += x.gate.bytes() + x.up.bytes() + x.down.bytes();
   }
-  // Shared experts: act = silu(gate x) * (up x) here, [sum of their I] back to back, while their down matrices cross.
-  std::vector<int64_t> actAt;  // offset of each shared expert's act
+  // Joint experts: act = silu(gate x) * (up x) here, [sum of their I] back to back, while their down matrices cross.
+  std::vector<int64_t> actAt;  // offset of each joint expert's act
   int64_t actLen = 0;
-  for (const SharedExpert& sh : split.shared) {
+  for (const JointExpert& sh : split.joint) {
     actAt.push_back(actLen);
     actLen += sh.host.gate.rows();
   }
@@ -328,11 +328,11 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
   {
     trace::Scope span("experts on the CPU", "hybrid");
     span.arg("experts", double(calls.size()));
-    span.arg("shared", double(split.shared.size()));
+    span.arg("joint", double(split.joint.size()));
     if (!calls.empty()) host_->moeExperts(xh.data(), calls.data(), int64_t(calls.size()), limit, alpha, yh.data());
     std::vector<float> g, u;  // [I]
-    for (size_t i = 0; i < split.shared.size(); i++) {
-      const ExpertLease& x = split.shared[i].host;
+    for (size_t i = 0; i < split.joint.size(); i++) {
+      const ExpertLease& x = split.joint[i].host;
       const int64_t I = x.gate.rows();
       g.resize(size_t(I));
       u.resize(size_t(I));
@@ -350,15 +350,15 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
     backend_.copy(yd.data(), Tier::Device, yh.data(), Tier::Host, yh.size() * sizeof(float));
     backend_.axpy(1.0f, yd.data(), hid, a.out.data());
   }
-  if (!split.shared.empty()) {  // down on the device, as its copy arrives
+  if (!split.joint.empty()) {  // down on the device, as its copy arrives
     DeviceArray actd(backend_, size_t(actLen)), yd(backend_, size_t(hid));
     backend_.copy(actd.data(), Tier::Device, act.data(), Tier::Host, act.size() * sizeof(float));
-    for (size_t i = 0; i < split.shared.size(); i++) {
-      const WeightView down = split.shared[i].down();  // waits for its copy
+    for (size_t i = 0; i < split.joint.size(); i++) {
+      const WeightView down = split.joint[i].down();  // waits for its copy
       backend_.matmul(actd.data() + actAt[i], 1, down, nullptr, yd.data());
-      backend_.axpy(weight[size_t(split.shared[i].expert)], yd.data(), hid, a.out.data());
+      backend_.axpy(weight[size_t(split.joint[i].expert)], yd.data(), hid, a.out.data());
     }
-    split.shared.clear();  // down's device copies go back (later copies into them wait for this work)
+    split.joint.clear();  // down's device copies go back (later copies into them wait for this work)
   }
   // The copied experts last: their copies ran while the host computed.
   runOnDevice(split.deviceReady, split.device.size());

@@ -169,8 +169,8 @@ TEST_P(PagedMoe, HybridSplitKeepsParity) {
   ASSERT_TRUE(st.contains("hybrid")) << st.dump();
   const auto& h = st["hybrid"];
   std::printf("[hybrid] %s\n", h.dump().c_str());
-  // The host CPU computed some misses, whole or gate/up of shared ones (down on the device).
-  EXPECT_GT(h["host_experts"].get<uint64_t>() + h["shared_experts"].get<uint64_t>(), 0u) << h.dump();
+  // The host CPU computed some misses, whole or gate/up of joint ones (down on the device).
+  EXPECT_GT(h["host_experts"].get<uint64_t>() + h["joint_experts"].get<uint64_t>(), 0u) << h.dump();
   EXPECT_GT(st["tiers"]["device"]["hits"].get<uint64_t>(), 0u);     // and the device ran others
   EXPECT_GT(h["host_bytes"].get<uint64_t>(), h["host_experts"].get<uint64_t>() * p.maxExpertBytes / 2) << h.dump();
   EXPECT_GT(h["host_seconds"].get<double>(), 0.0);
@@ -219,7 +219,7 @@ TEST(LoadAllExperts, ReleasesTheHostTier) {
 
 // The split itself (TieredWeights::splitExperts): every selected expert lands on exactly one side; the device
 // side starts with the experts already in device memory; the host side holds only experts whose copy is in host
-// RAM and not in device memory, with views of that copy; a shared expert is in host RAM too, and its down() is a
+// RAM and not in device memory, with views of that copy; a joint expert is in host RAM too, and its down() is a
 // device copy of its down matrix; without hybrid everything stays on the device.
 TEST(HybridSplit, PartitionsExpertsByWhereTheyAre) {
   TempDir tmp;
@@ -227,15 +227,15 @@ TEST(HybridSplit, PartitionsExpertsByWhereTheyAre) {
   const TierPlan p = sizesOf(dir).plan;
   auto rdrr = RdrrModel::open(dir);
   auto device = makeCpuBackend();
-  enum Mode { Share, NoShare, NotHybrid };
-  for (Mode mode : {Share, NoShare, NotHybrid}) {
-    SCOPED_TRACE(mode == Share ? "hybrid, shared experts" : mode == NoShare ? "hybrid, no sharing" : "not hybrid");
+  enum Mode { Joint, NoJoint, NotHybrid };
+  for (Mode mode : {Joint, NoJoint, NotHybrid}) {
+    SCOPED_TRACE(mode == Joint ? "hybrid, joint experts" : mode == NoJoint ? "hybrid, no joint experts" : "not hybrid");
     TieredOptions to;
     to.deviceBudget = p.residentBytes + 2 * uint64_t(p.numLayers) * p.maxExpertBytes;  // ~2 experts per layer
     to.hostBudget = p.expertTotalBytes;
     to.prefetch = false;  // nothing in flight: each expert is either in device memory or only in host RAM
     to.hybrid = mode != NotHybrid;
-    to.hybridShare = mode == Share;
+    to.hybridJoint = mode == Joint;
     TieredWeights w(*rdrr, *device, to);
     const int E = int(p.expertUnit[0].size());
     for (int e = 0; e < E; e++) w.acquireExpert(0, e);  // every expert into host RAM; the device keeps a few
@@ -245,14 +245,14 @@ TEST(HybridSplit, PartitionsExpertsByWhereTheyAre) {
     std::vector<int> seen(static_cast<size_t>(E), 0);
     for (int64_t e : s.device) seen[size_t(e)]++;
     for (int64_t e : s.host) seen[size_t(e)]++;
-    for (const SharedExpert& x : s.shared) seen[size_t(x.expert)]++;
+    for (const JointExpert& x : s.joint) seen[size_t(x.expert)]++;
     for (int e = 0; e < E; e++) EXPECT_EQ(seen[size_t(e)], 1) << "expert " << e;
     ASSERT_LE(s.deviceReady, s.device.size());
     ASSERT_EQ(s.hostLeases.size(), s.host.size());
     auto unit = [&](int64_t e) { return p.expertUnit[0][size_t(e)]; };
     if (mode == NotHybrid) {  // the plain split: everything on the device, nothing claimed about what is there already
       EXPECT_TRUE(s.host.empty());
-      EXPECT_TRUE(s.shared.empty());
+      EXPECT_TRUE(s.joint.empty());
       EXPECT_EQ(s.device, all);
       continue;
     }
@@ -260,18 +260,18 @@ TEST(HybridSplit, PartitionsExpertsByWhereTheyAre) {
     for (size_t i = 0; i < s.device.size(); i++)
       EXPECT_EQ(w.cache().deviceResident(unit(s.device[i])), i < s.deviceReady) << "device entry " << i;
     // Before any measurement the CPU is assumed faster than the link: it gets work (whole experts, or gate/up).
-    EXPECT_FALSE(s.host.empty() && s.shared.empty());
-    EXPECT_EQ(s.shared.empty(), mode == NoShare);
+    EXPECT_FALSE(s.host.empty() && s.joint.empty());
+    EXPECT_EQ(s.joint.empty(), mode == NoJoint);
     for (size_t i = 0; i < s.host.size(); i++) {
       EXPECT_TRUE(w.cache().hostResident(unit(s.host[i])));
       EXPECT_FALSE(w.cache().deviceResident(unit(s.host[i])));
     }
     const nlohmann::json st = w.stats();
-    EXPECT_EQ(st["hybrid"]["copied_experts"].get<uint64_t>() + s.host.size() + s.shared.size() + s.deviceReady,
+    EXPECT_EQ(st["hybrid"]["copied_experts"].get<uint64_t>() + s.host.size() + s.joint.size() + s.deviceReady,
               size_t(E));
-    EXPECT_EQ(st["hybrid"]["shared_experts"].get<uint64_t>(), s.shared.size());
+    EXPECT_EQ(st["hybrid"]["joint_experts"].get<uint64_t>(), s.joint.size());
     s.readyLeases.clear();  // as the model does once it has issued them: their room may go to the parts
-    for (SharedExpert& x : s.shared) {  // down's device copy holds the host copy's bytes
+    for (JointExpert& x : s.joint) {  // down's device copy holds the host copy's bytes
       EXPECT_TRUE(w.cache().hostResident(unit(x.expert)));
       EXPECT_FALSE(w.cache().deviceResident(unit(x.expert)));
       const WeightView d = x.down();
@@ -280,7 +280,7 @@ TEST(HybridSplit, PartitionsExpertsByWhereTheyAre) {
       EXPECT_EQ(d.shape, x.host.down.shape);
       EXPECT_EQ(std::memcmp(d.data, x.host.down.data, d.bytes()), 0);
     }
-    s.shared.clear();  // gives the device copies back
+    s.joint.clear();  // gives the device copies back
     if (s.host.empty()) continue;
     // The host views hold that expert's bytes: the same as its device copy once loaded.
     const int64_t e0 = s.host[0];
