@@ -1,5 +1,7 @@
 #include "loader/units.h"
 
+#include "core/thread_pool.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -156,11 +158,15 @@ Unit makeTensorUnit(const RdrrModel& m, const std::vector<std::string>& names, U
 }
 
 void readUnit(const RdrrModel& m, const Unit& u, uint8_t* buf, uint64_t pieceBytes) {
-  // A read from the page cache is a memory copy that one thread does at 4-6 GB/s: a unit's reads are cut into
-  // pieces that up to kReadThreads threads take in turn (the calling thread among them). Threads of its own, not
-  // the global pool: the pool's callers take turns, and a load must not wait for the CPU's expert computation.
-  const uint64_t kPiece = std::max<uint64_t>(pieceBytes, 1);
-  constexpr size_t kReadThreads = 4;
+  // A read from the page cache is a memory copy that one thread does at 3-6 GB/s: a unit's reads are cut into
+  // about one piece per reader (at most pieceBytes each) so that the readers (the calling thread among them) read
+  // it in one round. The readers are a pool of their own, not the global pool: the global pool's callers take
+  // turns, and a load must not wait for the CPU's expert computation.
+  constexpr int kReadThreads = 8;
+  static ThreadPool readers(kReadThreads);  // spinning workers: no thread is created per read
+  const uint64_t perReader = (u.readBytes + kReadThreads - 1) / kReadThreads;
+  const uint64_t kPiece = std::min(std::max<uint64_t>(pieceBytes, 1),
+                                   std::max<uint64_t>((perReader + 4095) / 4096 * 4096, uint64_t(256) << 10));
   struct Piece {
     int shard;
     uint64_t offset, size;
@@ -170,36 +176,22 @@ void readUnit(const RdrrModel& m, const Unit& u, uint8_t* buf, uint64_t pieceByt
   for (const auto& r : u.reads)
     for (uint64_t at = 0; at < r.size; at += kPiece)
       pieces.push_back({r.shard, r.fileOffset + at, std::min(kPiece, r.size - at), buf + r.unitOffset + at});
-  const size_t threads = std::min(kReadThreads, pieces.size());
-  if (threads <= 1) {
-    for (const Piece& p : pieces) m.readRange(p.shard, p.offset, p.size, p.dst);
-  } else {
-    std::atomic<size_t> next{0};
-    std::mutex mu;
-    std::exception_ptr error;  // the first failure, rethrown once every thread has stopped
-    auto work = [&] {
-      for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
-        try {
-          m.readRange(pieces[i].shard, pieces[i].offset, pieces[i].size, pieces[i].dst);
-        } catch (...) {
-          std::lock_guard<std::mutex> lk(mu);
-          if (!error) error = std::current_exception();
-          next = pieces.size();  // the others stop after their current piece
-        }
-      }
-    };
-    std::vector<std::thread> helpers;
-    for (size_t t = 1; t < threads; t++) {
+  std::mutex mu;
+  std::exception_ptr error;  // the first failure, rethrown once every reader has stopped
+  auto read = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
       try {
-        helpers.emplace_back(work);
-      } catch (const std::system_error&) {  // no thread to be had: fewer readers
-        break;
+        m.readRange(pieces[size_t(i)].shard, pieces[size_t(i)].offset, pieces[size_t(i)].size, pieces[size_t(i)].dst);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu);
+        if (!error) error = std::current_exception();
+        return;
       }
     }
-    work();
-    for (auto& t : helpers) t.join();
-    if (error) std::rethrow_exception(error);
-  }
+  };
+  if (pieces.size() <= 1) read(0, int64_t(pieces.size()));
+  else readers.parallelFor(int64_t(pieces.size()), read);
+  if (error) std::rethrow_exception(error);
   for (const auto& g : u.gathers)
     for (uint64_t r = 0; r < g.rows; r++)
       std::memcpy(buf + g.dst + r * g.dstStride, buf + g.src + r * g.srcStride, size_t(g.rowBytes));

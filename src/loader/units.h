@@ -62,8 +62,8 @@ Unit makeGroupUnit(const RdrrModel& m, const std::string& group, UnitKind kind, 
 // A unit holding the given logical tensors (each read on its own).
 Unit makeTensorUnit(const RdrrModel& m, const std::vector<std::string>& names, UnitKind kind, const std::string& label);
 
-// Fills a unit buffer in host memory: its reads (pread, cut into pieces of pieceBytes read by up to 4 threads)
-// and gathers. buf: [u.bytes]. The first failing piece's Error is thrown once every reader has stopped.
+// Fills a unit buffer in host memory: its reads (pread, cut into about one piece per reader of a pool of 8, at
+// most pieceBytes each) and gathers. buf: [u.bytes]. The first failing piece's Error is thrown once every reader has stopped.
 void readUnit(const RdrrModel& m, const Unit& u, uint8_t* buf, uint64_t pieceBytes = uint64_t(2) << 20);
 
 }  // namespace doppler
