@@ -147,8 +147,9 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
     const int ui = expertUnit(layer, int(e));
     const Unit& unit = plan_.units[size_t(ui)];
     const double b = double(unit.bytes);
-    const UnitTensor* down = expertTensors_[size_t(ui)][2];
-    const bool canJoin = opts_.hybridJoint && !expertTensors_[size_t(ui)][3] && !expertTensors_[size_t(ui)][5];
+    const auto& tensors = expertTensors_[size_t(ui)];  // biases (gpt_oss) never reach the hybrid path; checked anyway
+    const UnitTensor* down = tensors[2];
+    const bool canJoin = opts_.hybridJoint && !tensors[3] && !tensors[4] && !tensors[5];
     const double bd = canJoin ? double(viewOf(unit, *down, nullptr).bytes()) : 0.0;
     const double viaLink = std::max(tLink + b / link, tCpu), viaCpu = std::max(tLink, tCpu + b / cpu);
     const double viaBoth = bd > 0 ? std::max(tLink + bd / link, tCpu + (b - bd) / cpu) : INFINITY;
@@ -168,19 +169,25 @@ ExpertSplit TieredWeights::splitExperts(int layer, std::span<const int64_t> expe
       tCpu += b / cpu;
       continue;
     }
-    const int ticket = cache_->loadPart(ui, down->offset, uint64_t(bd));
+    int ticket;
+    try {
+      ticket = cache_->loadPart(ui, down->offset, uint64_t(bd));
+    } catch (...) {
+      cache_->releaseHost(ui);
+      throw;
+    }
     TierCache* c = cache_.get();
-    JointExpert sh;
-    sh.expert = e;
-    sh.host = leaseOf(ui, base, WeightPin([c, ui, ticket] {
-                        c->releasePart(ticket);
-                        c->releaseHost(ui);
-                      }));
-    sh.down = [c, ticket, view = viewOf(unit, *down, nullptr)]() mutable {
+    JointExpert j;
+    j.expert = e;
+    j.host = leaseOf(ui, base, WeightPin([c, ui, ticket] {
+                       c->releasePart(ticket);
+                       c->releaseHost(ui);
+                     }));
+    j.down = [c, ticket, view = viewOf(unit, *down, nullptr)]() mutable {
       view.data = c->acquirePart(ticket);
       return view;
     };
-    out.joint.push_back(std::move(sh));
+    out.joint.push_back(std::move(j));
     tLink += bd / link;
     tCpu += (b - bd) / cpu;
   }

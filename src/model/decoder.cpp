@@ -319,9 +319,9 @@ void DecoderModel::hybridExperts(int l, Activations& a, ExpertSplit& split, cons
   // Joint experts: act = silu(gate x) * (up x) here, [sum of their I] back to back, while their down matrices cross.
   std::vector<int64_t> actAt;  // offset of each joint expert's act
   int64_t actLen = 0;
-  for (const JointExpert& sh : split.joint) {
+  for (const JointExpert& j : split.joint) {
     actAt.push_back(actLen);
-    actLen += sh.host.gate.rows();
+    actLen += j.host.gate.rows();
   }
   std::vector<float> act(static_cast<size_t>(actLen));
   const auto t0 = std::chrono::steady_clock::now();
