@@ -21,17 +21,28 @@ using doppler::test::TempDir;
 
 namespace {
 
-// The eval sequence: prefill ids[0..P) with all logits, then decode the rest one token at a time.
-std::vector<float> runSequence(Engine& e, const std::vector<int32_t>& ids, int64_t P) {
-  const int64_t V = e.config().vocabSize, N = int64_t(ids.size());
-  auto kv = e.newKVCache(N);
+// The eval sequence: prefill ids[0..P) with all logits, then decode the rest one token at a time ([N, vocab]).
+std::vector<float> runSequence(Model& model, KVCache& kv, int64_t V, const std::vector<int32_t>& ids, int64_t P) {
+  const int64_t N = int64_t(ids.size());
   std::vector<float> all(static_cast<size_t>(N * V)), one(static_cast<size_t>(V));
-  e.model().forward(ids.data(), P, 0, *kv, true, all.data());
+  model.forward(ids.data(), P, 0, kv, true, all.data());
   for (int64_t i = P; i < N; i++) {
-    e.model().forward(&ids[size_t(i)], 1, i, *kv, false, one.data());
+    model.forward(&ids[size_t(i)], 1, i, kv, false, one.data());
     std::memcpy(all.data() + i * V, one.data(), size_t(V) * 4);
   }
   return all;
+}
+std::vector<float> runSequence(Engine& e, const std::vector<int32_t>& ids, int64_t P) {
+  auto kv = e.newKVCache(int64_t(ids.size()));
+  return runSequence(e.model(), *kv, e.config().vocabSize, ids, P);
+}
+// A model over `weights` on `device` (a paged KV cache on it).
+std::vector<float> runSequence(WeightProvider& weights, const ModelConfig& cfg, Backend& device, Backend* host,
+                               const std::vector<int32_t>& ids, int64_t P) {
+  auto model = createModel(cfg, weights, device);
+  if (host) model->setHostBackend(host);
+  auto kv = makePagedKVCache(device, model->kvShapes(), int64_t(ids.size()), PagedKVOptions{});
+  return runSequence(*model, *kv, cfg.vocabSize, ids, P);
 }
 
 std::vector<int32_t> someIds(int64_t vocab, int n, uint32_t seed) {
@@ -153,16 +164,8 @@ TEST_P(PagedMoe, HybridSplitKeepsParity) {
   to.hostBudget = p.expertTotalBytes;  // every expert fits in host RAM after its first read
   to.hybrid = true;
   TieredWeights w(*rdrr, *device, to);
-  auto model = createModel(rdrr->config(), w, *device);
-  model->setHostBackend(host.get());
-  const int64_t N = int64_t(ids.size()), P = 12;
-  auto kv = makePagedKVCache(*device, model->kvShapes(), N, PagedKVOptions{});
-  std::vector<float> all(static_cast<size_t>(N * V)), one(static_cast<size_t>(V));
-  model->forward(ids.data(), P, 0, *kv, true, all.data());
-  for (int64_t i = P; i < N; i++) {
-    model->forward(&ids[size_t(i)], 1, i, *kv, false, one.data());
-    std::memcpy(all.data() + i * V, one.data(), size_t(V) * 4);
-  }
+  const int64_t N = int64_t(ids.size());
+  const auto all = runSequence(w, rdrr->config(), *device, host.get(), ids, 12);
   for (int64_t r = 0; r < N; r++)
     EXPECT_LT(relativeError(all.data() + r * V, want.data() + r * V, V), 1e-5) << "row " << r;
   const nlohmann::json st = w.stats();
@@ -204,15 +207,8 @@ TEST(LoadAllExperts, ReleasesTheHostTier) {
   EXPECT_EQ(st.host.residentBytes, 0u);
   EXPECT_EQ(w.cache().hostKeptBytes(), 0u);
   EXPECT_GT(st.host.peakBytes, 0u);  // the experts came through host RAM
-  auto model = createModel(rdrr->config(), w, *device);
   const int64_t N = int64_t(ids.size());
-  auto kv = makePagedKVCache(*device, model->kvShapes(), N, PagedKVOptions{});
-  std::vector<float> all(static_cast<size_t>(N * V)), one(static_cast<size_t>(V));
-  model->forward(ids.data(), 3, 0, *kv, true, all.data());
-  for (int64_t i = 3; i < N; i++) {
-    model->forward(&ids[size_t(i)], 1, i, *kv, false, one.data());
-    std::memcpy(all.data() + i * V, one.data(), size_t(V) * 4);
-  }
+  const auto all = runSequence(w, rdrr->config(), *device, nullptr, ids, 3);
   for (int64_t r = 0; r < N; r++)
     EXPECT_LT(relativeError(all.data() + r * V, want.data() + r * V, V), 1e-5) << "row " << r;
 }
