@@ -256,12 +256,7 @@ const uint8_t* TierCache::acquire(int u) {
       readyCv_.wait(lk);
     }
     s.waiters--;
-    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    stats_.stallSeconds += waited;
-    if (trace::on()) {
-      const double end = trace::nowMicros();
-      trace::span("wait for weights", "tiers", end - waited * 1e6, end, {{"unit", double(u)}});
-    }
+    addStallLocked(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), u);
   }
   if (s.prefetched) {
     s.prefetched = false;
@@ -515,23 +510,34 @@ void TierCache::loadLocked(std::unique_lock<std::mutex>& lk, int u) {
     stats_.host.bytesIn += un.readBytes;
   }
   stats_.host.bytesOut += un.bytes;
-  uint8_t* dst = s.dev;
-  const uint8_t* src = s.host;
+  copyToDevice(lk, s.dev, s.host, un.bytes, u, "copy to device");
+}
+
+void TierCache::copyToDevice(std::unique_lock<std::mutex>& lk, uint8_t* dst, const uint8_t* src, uint64_t bytes,
+                             int unit, const char* what) {
   lk.unlock();
   const auto t0 = std::chrono::steady_clock::now();
-  trace::Scope span("copy to device", "tiers");
-  span.arg("unit", u);
-  span.arg("bytes", double(un.bytes));
   try {
-    backend_.copy(dst, Tier::Device, src, Tier::Host, un.bytes);
+    trace::Scope span(what, "tiers");
+    span.arg("unit", unit);
+    span.arg("bytes", double(bytes));
+    backend_.copy(dst, Tier::Device, src, Tier::Host, bytes);
   } catch (...) {
     lk.lock();
     throw;
   }
   lk.lock();
   stats_.copySeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  stats_.copyBytes += un.bytes;
-  stats_.device.bytesIn += un.bytes;
+  stats_.copyBytes += bytes;
+  stats_.device.bytesIn += bytes;
+}
+
+void TierCache::addStallLocked(double seconds, int unit) {
+  stats_.stallSeconds += seconds;
+  if (trace::on()) {
+    const double end = trace::nowMicros();
+    trace::span("wait for weights", "tiers", end - seconds * 1e6, end, {{"unit", double(unit)}});
+  }
 }
 
 void TierCache::growerMain() {
@@ -610,24 +616,8 @@ bool TierCache::loadPartLocked(std::unique_lock<std::mutex>& lk, int ticket) {
     }
     part.dev = static_cast<uint8_t*>(p);
     part.loading = true;
-    const uint64_t offset = part.offset, bytes = part.bytes;
-    uint8_t* dst = part.dev;
-    lk.unlock();
-    const auto t0 = std::chrono::steady_clock::now();
-    try {
-      trace::Scope span("copy part to device", "tiers");
-      span.arg("unit", part.unit);
-      span.arg("bytes", double(bytes));
-      backend_.copy(dst, Tier::Device, src + offset, Tier::Host, bytes);
-    } catch (...) {
-      lk.lock();
-      throw;
-    }
-    lk.lock();
-    stats_.copySeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    stats_.copyBytes += bytes;
-    stats_.device.bytesIn += bytes;
-    stats_.host.bytesOut += bytes;
+    copyToDevice(lk, part.dev, src + part.offset, part.bytes, part.unit, "copy part to device");
+    stats_.host.bytesOut += part.bytes;
     part.loading = false;
     part.ready = true;
   } catch (...) {
@@ -652,12 +642,7 @@ const uint8_t* TierCache::acquirePart(int ticket) {
   if (!part.ready && !part.error) {
     const auto t0 = std::chrono::steady_clock::now();
     readyCv_.wait(lk, [&] { return part.ready || part.error; });
-    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    stats_.stallSeconds += waited;
-    if (trace::on()) {
-      const double end = trace::nowMicros();
-      trace::span("wait for weights", "tiers", end - waited * 1e6, end, {{"unit", double(part.unit)}});
-    }
+    addStallLocked(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), part.unit);
   }
   if (part.error) std::rethrow_exception(part.error);
   return part.dev;

@@ -155,6 +155,11 @@ class TierCache {
   void growerMain();  // keeps opts_.hostReserveBytes of host buffers ready (TierPool::grow)
   // Loads unit u into its device block (s.dev already allocated); unlocks `lk` around I/O and copies.
   void loadLocked(std::unique_lock<std::mutex>& lk, int u);
+  // Copies `bytes` from host to device with mu_ released (it is held again on return, also on an Error) and counts
+  // them in the link's statistics; `what` names the copy in --trace.
+  void copyToDevice(std::unique_lock<std::mutex>& lk, uint8_t* dst, const uint8_t* src, uint64_t bytes, int unit,
+                    const char* what);
+  void addStallLocked(double seconds, int unit);  // the compute thread waited for `unit` (stats, --trace)
   // The loader's side of loadPart; false (nothing done) when the device tier has no room for it now.
   bool loadPartLocked(std::unique_lock<std::mutex>& lk, int ticket);
   int deviceVictim(int u, bool demand, PrefetchHint hint) const;
