@@ -1,11 +1,9 @@
 #include "core/trace.h"
 
 #include <chrono>
-#include <cmath>
-#include <fmt/format.h>
 #include <map>
 #include <mutex>
-#include <string_view>
+#include <nlohmann/json.hpp>
 
 namespace doppler::trace {
 
@@ -46,20 +44,6 @@ int threadIdLocked(Recorder& r) {
   return tid;
 }
 
-void appendJsonString(std::string& out, std::string_view s) {
-  out += '"';
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", int(c));
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
-}
 }  // namespace
 
 double nowMicros() {
@@ -110,40 +94,20 @@ std::string stop() {
   gOn.store(false);
   Recorder& r = rec();
   std::lock_guard<std::mutex> lk(r.mu);
-  std::string out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
-  bool first = true;
-  auto sep = [&] {
-    if (!first) out += ",\n";
-    first = false;
-  };
-  for (const auto& [tid, label] : r.threadNames) {
-    sep();
-    out += fmt::format(R"({{"ph": "M", "pid": 1, "tid": {}, "name": "thread_name", "args": {{"name": )", tid);
-    appendJsonString(out, label);
-    out += "}}";
-  }
+  nlohmann::json events = nlohmann::json::array();
+  for (const auto& [tid, label] : r.threadNames)
+    events.push_back({{"ph", "M"}, {"pid", 1}, {"tid", tid}, {"name", "thread_name"}, {"args", {{"name", label}}}});
   for (const Event& e : r.events) {
-    sep();
-    out += R"({"ph": "X", "pid": 1, "tid": )" + std::to_string(e.tid) + ", \"name\": ";
-    appendJsonString(out, e.name);
-    out += ", \"cat\": ";
-    appendJsonString(out, e.cat);
-    out += fmt::format(", \"ts\": {:.3f}, \"dur\": {:.3f}", e.ts, e.dur);
+    nlohmann::json j = {{"ph", "X"}, {"pid", 1}, {"tid", e.tid}, {"name", e.name}, {"cat", e.cat}, {"ts", e.ts},
+                        {"dur", e.dur}};
     if (!e.args.empty()) {
-      out += ", \"args\": {";
-      for (size_t i = 0; i < e.args.size(); i++) {
-        if (i) out += ", ";
-        appendJsonString(out, e.args[i].first);
-        const double v = e.args[i].second;
-        out += std::isfinite(v) ? fmt::format(": {}", v) : std::string(": null");
-      }
-      out += "}";
+      nlohmann::json& args = j["args"];
+      for (const auto& [key, value] : e.args) args[key] = value;  // NaN and infinities are written as null
     }
-    out += "}";
+    events.push_back(std::move(j));
   }
-  out += "\n]}\n";
   r.events.clear();
-  return out;
+  return nlohmann::json{{"displayTimeUnit", "ms"}, {"traceEvents", std::move(events)}}.dump() + "\n";
 }
 
 }  // namespace doppler::trace
