@@ -81,6 +81,28 @@ std::unique_ptr<Engine> openEngine(const std::string& dir, std::optional<uint64_
   return Engine::open(dir, eo);
 }
 
+// What paged runs must match: a resident engine's logits for n pseudo-random ids (seed) of its vocabulary, the
+// first P prefilled together.
+struct Reference {
+  int64_t vocab;
+  std::vector<int32_t> ids;
+  std::vector<float> logits;  // [n, vocab]
+};
+Reference residentReference(const std::string& dir, int n, uint32_t seed, int64_t P) {
+  auto resident = openEngine(dir, std::nullopt, std::nullopt);
+  Reference r{resident->config().vocabSize, {}, {}};
+  r.ids = someIds(r.vocab, n, seed);
+  r.logits = runSequence(*resident, r.ids, P);
+  return r;
+}
+// Every row of `got` ([n, vocab]) within `tol` (relative L2) of the reference's.
+void expectRowsClose(const std::vector<float>& got, const Reference& ref, double tol) {
+  ASSERT_EQ(got.size(), ref.logits.size());
+  const int64_t V = ref.vocab;
+  for (size_t r = 0; r < ref.ids.size(); r++)
+    EXPECT_LT(relativeError(got.data() + r * V, ref.logits.data() + r * V, V), tol) << "row " << r;
+}
+
 void expectIdentical(const std::vector<float>& a, const std::vector<float>& b) {
   ASSERT_EQ(a.size(), b.size());
   size_t firstDiff = a.size();
@@ -103,9 +125,9 @@ TEST_P(PagedMoe, BitIdenticalToResidentWithTightBudgets) {
                         2 * uint64_t(p.numLayers) * p.maxExpertBytes;
   const uint64_t ram = p.expertTotalBytes / 2;
 
-  auto resident = openEngine(dir, std::nullopt, std::nullopt);
-  const auto ids = someIds(resident->config().vocabSize, 24, 7);
-  const auto want = runSequence(*resident, ids, 12);
+  const Reference ref = residentReference(dir, 24, 7, 12);
+  const auto& ids = ref.ids;
+  const auto& want = ref.logits;
 
   for (bool prefetch : {true, false}) {
     SCOPED_TRACE(prefetch ? "prefetch on" : "prefetch off");
@@ -152,10 +174,7 @@ TEST_P(PagedMoe, HybridSplitKeepsParity) {
   TempDir tmp;
   const std::string dir = convert(tmp, GetParam());
   const TierPlan p = sizesOf(dir).plan;
-  auto resident = openEngine(dir, std::nullopt, std::nullopt);
-  const int64_t V = resident->config().vocabSize;
-  const auto ids = someIds(V, 24, 7);
-  const auto want = runSequence(*resident, ids, 12);
+  const Reference ref = residentReference(dir, 24, 7, 12);
 
   auto rdrr = RdrrModel::open(dir);
   auto device = makeCpuBackend(), host = makeCpuBackend();
@@ -164,10 +183,7 @@ TEST_P(PagedMoe, HybridSplitKeepsParity) {
   to.hostBudget = p.expertTotalBytes;  // every expert fits in host RAM after its first read
   to.hybrid = true;
   TieredWeights w(*rdrr, *device, to);
-  const int64_t N = int64_t(ids.size());
-  const auto all = runSequence(w, rdrr->config(), *device, host.get(), ids, 12);
-  for (int64_t r = 0; r < N; r++)
-    EXPECT_LT(relativeError(all.data() + r * V, want.data() + r * V, V), 1e-5) << "row " << r;
+  expectRowsClose(runSequence(w, rdrr->config(), *device, host.get(), ref.ids, 12), ref, 1e-5);
   const nlohmann::json st = w.stats();
   ASSERT_TRUE(st.contains("hybrid")) << st.dump();
   const auto& h = st["hybrid"];
@@ -189,10 +205,7 @@ TEST(LoadAllExperts, ReleasesTheHostTier) {
   TempDir tmp;
   const std::string dir = convert(tmp, "qwen3_moe");
   const TierPlan p = sizesOf(dir).plan;
-  auto resident = openEngine(dir, std::nullopt, std::nullopt);
-  const int64_t V = resident->config().vocabSize;
-  const auto ids = someIds(V, 6, 3);
-  const auto want = runSequence(*resident, ids, 3);
+  const Reference ref = residentReference(dir, 6, 3, 3);
   auto rdrr = RdrrModel::open(dir);
   auto device = makeCpuBackend();
   TieredOptions to;
@@ -207,10 +220,7 @@ TEST(LoadAllExperts, ReleasesTheHostTier) {
   EXPECT_EQ(st.host.residentBytes, 0u);
   EXPECT_EQ(w.cache().hostKeptBytes(), 0u);
   EXPECT_GT(st.host.peakBytes, 0u);  // the experts came through host RAM
-  const int64_t N = int64_t(ids.size());
-  const auto all = runSequence(w, rdrr->config(), *device, nullptr, ids, 3);
-  for (int64_t r = 0; r < N; r++)
-    EXPECT_LT(relativeError(all.data() + r * V, want.data() + r * V, V), 1e-5) << "row " << r;
+  expectRowsClose(runSequence(w, rdrr->config(), *device, nullptr, ref.ids, 3), ref, 1e-5);
 }
 
 // The split itself (TieredWeights::splitExperts): every selected expert lands on exactly one side; the device
@@ -301,9 +311,9 @@ TEST(PagedDense, LlamaLayersStreamedBitIdentical) {
     // Below the dense size: room for the resident part and one and a half layers.
     const uint64_t vram = p.deviceMinimumStreamed + p.maxDenseBytes / 2;
     ASSERT_LT(vram, p.deviceMinimumResident);
-    auto resident = openEngine(dir, std::nullopt, std::nullopt);
-    const auto ids = someIds(resident->config().vocabSize, 16, 3);
-    const auto want = runSequence(*resident, ids, 9);
+    const Reference ref = residentReference(dir, 16, 3, 9);
+    const auto& ids = ref.ids;
+    const auto& want = ref.logits;
     auto paged = openEngine(dir, vram, p.denseTotalBytes);  // every layer fits in host RAM
     ASSERT_TRUE(paged->tiers()->plan().denseStreamed);
     expectIdentical(runSequence(*paged, ids, 9), want);
@@ -325,9 +335,9 @@ TEST(PagedDense, MoeWithStreamedLayersAndPagedExperts) {
   // Just below the resident mode's minimum: the dense layers must stream beside the top-2 expert working set.
   const uint64_t vram = p.deviceMinimumResident - 1;
   ASSERT_GE(vram, p.deviceMinimumStreamed);
-  auto resident = openEngine(dir, std::nullopt, std::nullopt);
-  const auto ids = someIds(resident->config().vocabSize, 14, 11);
-  const auto want = runSequence(*resident, ids, 6);
+  const Reference ref = residentReference(dir, 14, 11, 6);
+  const auto& ids = ref.ids;
+  const auto& want = ref.logits;
   auto paged = openEngine(dir, vram, p.maxDenseBytes + 2 * p.maxExpertBytes);  // host: barely more than its minimum
   ASSERT_TRUE(paged->tiers()->plan().denseStreamed);
   expectIdentical(runSequence(*paged, ids, 6), want);
