@@ -3,15 +3,15 @@
 # Usage (from the repository root there): scripts/cuda-device-run.sh BINDIR [STAGES]
 #   BINDIR holds doppler, doppler_tests (and cuda_ops_bench) built in the checkout $DOPPLER_BUILT_IN (default
 #   /work/main: their compiled-in paths); the tests' data and models are taken from this checkout through links.
-#   STAGES: any of info,tests,memcheck,opsbench,ncu,bench,benchvariants,benchpaged,benchwarm,benchcpu,benchprefill
-#   (default
-#   info,tests,memcheck,bench,benchpaged). ncu: per-kernel time and DRAM bytes (Nsight Compute) of the first decode
-#   steps. bench: resident decode (CUDA graphs); benchvariants: the same without graphs (DOPPLER_CUDA_GRAPHS=0) and
-#   without programmatic edges (DOPPLER_CUDA_PDL=0); benchpaged: 25 % of the experts on the GPU, hybrid execution,
-#   --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token prefill (host tier warm);
-#   benchcpu: the CPU backend; benchprefill: a
-#   1024-token prefill with cuBLAS and with the tiled GEMM (DOPPLER_CUBLAS=0). BENCH_MODELS: the bench stages' models
-#   (default "mixtral qwen3"); BENCH_TRACE=1: each bench also writes a --trace timeline, summarized by
+#   STAGES: any of info,tests,memcheck,opsbench,ncu,bench,benchgreedy,benchvariants,benchpaged,benchwarm,benchcpu,
+#   benchprefill (default info,tests,memcheck,bench,benchpaged). ncu: per-kernel time and DRAM bytes (Nsight Compute)
+#   of the first decode steps. bench: resident decode (CUDA graphs); benchgreedy: the same decoded greedily as
+#   `doppler run` does (pipelined: the token stays on the GPU); benchvariants: the same without graphs
+#   (DOPPLER_CUDA_GRAPHS=0) and without programmatic edges (DOPPLER_CUDA_PDL=0); benchpaged: 25 % of the experts on
+#   the GPU, hybrid execution, --no-hybrid and DOPPLER_HYBRID_PREDICT=1; benchwarm: the same after a 256-token
+#   prefill (host tier warm); benchcpu: the CPU backend; benchprefill: a 1024-token prefill with cuBLAS and with the
+#   tiled GEMM (DOPPLER_CUBLAS=0). BENCH_MODELS: the bench stages' models (default "mixtral qwen3"); BENCH_TRACE=1:
+#   each bench also writes a --trace timeline, summarized by
 #   scripts/trace-summary.py. Logs: $OUT/cuda-logs.tgz (or /tmp/cuda-logs.tgz).
 set -uo pipefail
 BIN=$(realpath "$1"); STAGES=${2:-info,tests,memcheck,bench,benchpaged}
@@ -75,12 +75,14 @@ bench() {  # name args... (BACKEND=cpu for the CPU backend; BENCH_TRACE=1: --tra
     python3 "$ROOT/scripts/trace-summary.py" "$OUTD/trace-$name.json" | tee "$OUTD/trace-$name.txt" | head -30
   fi
 }
-if has bench || has benchvariants || has benchpaged || has benchwarm || has benchcpu ||
+if has bench || has benchgreedy || has benchvariants || has benchpaged || has benchwarm || has benchcpu ||
    has benchprefill; then
   for m in "mixtral mixtral-8x7b:4 3700M" "qwen3 qwen3-30b-a3b:8 4000M"; do
     set -- $m
     [[ " ${BENCH_MODELS:-mixtral qwen3} " == *" $1 "* ]] || continue
     has bench && bench $1 --synthetic $2 -n 64 --stats
+    # greedy decoding as `doppler run` does it: the token stays on the GPU, each step issued before the last one ends
+    has benchgreedy && bench $1-greedy --synthetic $2 -n 64 --decode-input greedy --stats
     has benchvariants && BENCH_ENV=DOPPLER_CUDA_GRAPHS=0 bench $1-nographs --synthetic $2 -n 64 --stats
     has benchvariants && BENCH_ENV=DOPPLER_CUDA_PDL=0 bench $1-nopdl --synthetic $2 -n 64 --stats
     has benchpaged && bench $1-vram25 --synthetic $2 -n 32 --vram $3 --stats

@@ -66,9 +66,11 @@ const bool kRegistered = registerCommand(
        sub.add_option("-n,--decode-tokens", o->decodeTokens, "Tokens to decode (default 32)")->check(CLI::PositiveNumber);
        sub.add_option("--decode-input", o->decodeInput,
                       "What each decode step is fed: random (a random token, as llama-bench's tg does: the routing of a "
-                      "random-weight model then changes every step) or greedy (the previous step's argmax; a "
-                      "random-weight model soon repeats one token, and paged experts then always hit) (default random). Every "
-                      "step ends with its greedy pick made by the backend, as `doppler run` with greedy sampling does")
+                      "random-weight model then changes every step; each step waits for its pick before the next is "
+                      "issued) or greedy (the previous step's argmax, decoded as `doppler run` decodes greedily: on a GPU "
+                      "the token stays on the device and the next step is issued before it reaches the host; a "
+                      "random-weight model soon repeats one token, and paged experts then always hit) (default random). "
+                      "Every step ends with its greedy pick made by the backend")
            ->check(CLI::IsMember({"random", "greedy"}));
        addEngineOptions(sub, o->engine);
        return [o] {
@@ -109,11 +111,21 @@ const bool kRegistered = registerCommand(
          const double prefill = now() - t0;
          std::vector<double> steps;
          const nlohmann::json before = engine->stats();  // paged runs: what the timed decode alone waited for
-         for (int64_t i = 0; i < o->decodeTokens; i++) {
-           const int32_t tok = o->decodeInput == "greedy" ? next : int32_t(rng() % uint32_t(cfg.vocabSize));
-           double s = now();
-           next = engine->model().forwardGreedy(&tok, 1, o->promptTokens + i, *kv);
-           steps.push_back(now() - s);
+         if (o->decodeInput == "greedy") {  // as `doppler run` decodes greedily: pipelined where the backend allows
+           double s = now();  // a step's time: from the previous token's arrival to its own
+           engine->model().decodeGreedy(next, o->promptTokens, o->decodeTokens, *kv, [&](int32_t) {
+             const double t = now();
+             steps.push_back(t - s);
+             s = t;
+             return true;
+           });
+         } else {
+           for (int64_t i = 0; i < o->decodeTokens; i++) {
+             const int32_t tok = int32_t(rng() % uint32_t(cfg.vocabSize));
+             double s = now();
+             next = engine->model().forwardGreedy(&tok, 1, o->promptTokens + i, *kv);
+             steps.push_back(now() - s);
+           }
          }
          const nlohmann::json after = engine->stats();
          // The prefill again on a fresh cache: the first one also paid one-time costs (GPU kernels loaded on first

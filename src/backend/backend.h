@@ -93,6 +93,9 @@ class Backend {
   virtual void matmul(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) = 0;
   // out[i, :] = table[ids[i], :] as f32. table: [vocab, dim], row layout.
   virtual void embed(const WeightView& table, const int32_t* ids, int64_t n, float* out) = 0;
+  // y[n, out] += x[n, in] · Wᵀ (+ bias): a block's output added straight into the residual stream. Default: matmul
+  // into scratch, then axpy; the CUDA backend adds in the decode GEMV's own store. y must not alias x.
+  virtual void matmulAdd(const float* x, int64_t n, const WeightView& w, const float* bias, float* y);
   // y[r, :] = x[r, :] / rms(x[r, :]) * w (+ 0 bias); rows x dim. y may alias x.
   virtual void rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y) = 0;
   // y = (x - mean) / sqrt(var + eps) * w + b. y may alias x.
@@ -144,7 +147,7 @@ class Backend {
                           float* out);
   // Decode MoE with the routing on the device, for ONE token when every expert of the layer is resident:
   // softmax over the numExperts router logits (device), the topK best (ties: lower index), weights renormalised
-  // over them when normTopk; out[:] = Σ weight_j · expert_j(x) (out is overwritten, unlike moeExperts). `experts` lists all numExperts
+  // over them when normTopk; out[:] += Σ weight_j · expert_j(x) (out: the residual stream). `experts` lists all numExperts
   // experts of the layer and must stay valid (same device addresses) for the backend's lifetime. Nothing waits
   // for the GPU. Returns false when the backend has no such path (the caller then routes on the host).
   virtual bool moeRoutedOnDevice(const float* x, const float* logits, const ExpertCall* experts, int64_t numExperts,
@@ -161,6 +164,16 @@ class Backend {
   // std::max_element picks it (NaN never wins, but a NaN at index 0 stays: firstMaxIndex). out is host memory;
   // waits for the result, so only rows * 4 bytes cross to the host. Default: reads the rows on the host.
   virtual void argmax(const float* x, int64_t rows, int64_t n, int32_t* out);
+  // ---- greedy decoding with the token kept on the device (Model::decodeGreedy) ----
+  // True when pickToDevice, pickResult and embedDevice work: a step's pick then feeds the next step's embedding on
+  // the device, and the host may issue step i+1 before step i's token has reached it. Default: false (CPU backend).
+  virtual bool devicePicks() const { return false; }
+  // *dev (device memory) = firstMaxIndex(x[0..n)) as argmax picks it; the same index starts for the host without
+  // waiting: pickResult(slot) waits for it and returns it. slot: 0 or 1 (two picks may be in flight).
+  virtual void pickToDevice(const float* x, int64_t n, int32_t* dev, int slot);
+  virtual int32_t pickResult(int slot);
+  // embed() with ids [n] in device memory (not checked on the host: an id outside the table gives a row of NaN).
+  virtual void embedDevice(const WeightView& table, const int32_t* ids, int64_t n, float* out);
   // y[i] = value for i < n (device memory). Default: through copy() from a host array.
   virtual void fill(float* y, int64_t n, float value) {
     std::vector<float> v(static_cast<size_t>(n), value);
@@ -180,7 +193,9 @@ class Backend {
   // arguments that changed since the previous step. Results are bit-identical to issuing the ops one by one. The
   // caller must not let another thread free or overwrite device memory the step uses until endStep().
   // abortStep() drops the recorded ops (after an exception). Defaults: nothing (ops run as they are issued).
-  virtual void beginStep() {}
+  // queued: the GPU is still busy with earlier work (pipelined decoding issues step i + 1 while step i runs), so the
+  // step may be launched as one graph instead of in parts that let the GPU start on it early.
+  virtual void beginStep(bool queued = false) {}
   virtual void endStep() {}
   virtual void abortStep() noexcept {}
   virtual BackendStats stats() const { return {}; }

@@ -68,6 +68,20 @@ void Backend::argmax(const float* x, int64_t rows, int64_t n, int32_t* out) {
   for (int64_t r = 0; r < rows; r++) out[r] = firstMaxIndex(x + r * n, n);
 }
 
+void Backend::pickToDevice(const float*, int64_t, int32_t*, int) {
+  fail("backend {} keeps no picks on the device (devicePicks() is false)", name());
+}
+int32_t Backend::pickResult(int) { fail("backend {} keeps no picks on the device (devicePicks() is false)", name()); }
+void Backend::embedDevice(const WeightView&, const int32_t*, int64_t, float*) {
+  fail("backend {} keeps no picks on the device (devicePicks() is false)", name());
+}
+
+void Backend::matmulAdd(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) {
+  DeviceArray t(*this, size_t(n * w.rows()));  // [n, out]
+  matmul(x, n, w, bias, t.data());
+  axpy(1.0f, t.data(), n * w.rows(), y);
+}
+
 void Backend::moeExperts(const float* x, const ExpertCall* calls, int64_t count, float limit, float alpha,
                          float* out) {
   for (int64_t j = 0; j < count; j++) {

@@ -36,6 +36,15 @@ class TimedModel final : public Model {
     count(n, t0);
     return tok;
   }
+  int64_t decodeGreedy(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                       const std::function<bool(int32_t)>& onToken) override {
+    auto t0 = std::chrono::steady_clock::now();  // each token counts the time since the previous one arrived
+    return inner_->decodeGreedy(tok, pos, steps, kv, [&](int32_t t) {
+      count(1, t0);
+      t0 = std::chrono::steady_clock::now();
+      return onToken(t);
+    });
+  }
   void setHostBackend(Backend* host) override { inner_->setHostBackend(host); }
 
  private:

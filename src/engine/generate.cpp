@@ -39,16 +39,25 @@ GenerateStats generate(Model& model, KVCache& kv, std::span<const int32_t> promp
   st.promptTokens = P;
 
   double t1 = now();
-  for (int64_t i = 0; i < maxNew; i++) {
-    context.push_back(tok);
+  // Takes a picked token: false when generation ends with it (a stop id, the caller, maxNew, a full context).
+  auto accept = [&](int32_t t) {
+    context.push_back(t);
     st.generatedTokens++;
-    if (std::find(stopIds.begin(), stopIds.end(), tok) != stopIds.end()) {
+    if (std::find(stopIds.begin(), stopIds.end(), t) != stopIds.end()) {
       st.stoppedByEos = true;
-      break;
+      return false;
     }
-    if (!onToken(tok)) break;
-    if (i + 1 == maxNew || int64_t(context.size()) >= kv.capacity()) break;
-    tok = next(&tok, 1, int64_t(context.size()) - 1);
+    return onToken(t) && st.generatedTokens < maxNew && int64_t(context.size()) < kv.capacity();
+  };
+  if (maxNew > 0 && accept(tok)) {
+    if (onBackend) {  // pipelined on a GPU: the next step is issued before this token reaches the host
+      model.decodeGreedy(tok, int64_t(context.size()) - 1, maxNew - 1, kv, accept);
+    } else {
+      while (true) {
+        tok = next(&tok, 1, int64_t(context.size()) - 1);
+        if (!accept(tok)) break;
+      }
+    }
   }
   st.decodeSeconds = now() - t1;
   return st;

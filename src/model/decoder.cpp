@@ -182,7 +182,7 @@ void DecoderModel::attentionBlock(int l, const AttentionWeights& w, Activations&
   ap.window = layers_[size_t(l)].sliding ? cfg_.slidingWindow : 0;
   ap.sinks = w.sinks.ptr();
   backend_.attention(q.data(), n, a.positions.data(), chunks.data(), int64_t(chunks.size()), ap, o.data());
-  backend_.matmul(o.data(), n, w.o, w.oBias.ptr(), a.out.data());
+  backend_.matmulAdd(o.data(), n, w.o, w.oBias.ptr(), a.x.data());  // x += o · Woᵀ
 }
 
 void DecoderModel::denseFfn(const FfnWeights& w, const float* h, int64_t n, float* out, const float* gateBias,
@@ -200,6 +200,7 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
   // Router logits on the device, routing decisions on the host.
   DeviceArray logitsDev(backend_, size_t(n * E));  // [n, E]
   backend_.matmul(a.h.data(), n, w.router, w.routerBias.ptr(), logitsDev.data());
+  a.pending = true;  // a.out holds the experts' sum unless the device-routed path adds it to x
   if (n == 1 && cfg_.routing == RoutingType::SoftmaxTopK && !w.expertBias && !w.scoreBias.ptr() &&
       weights_.expertsResident()) {
     // Decode with every expert resident: route on the device, nothing waits for the GPU.
@@ -213,8 +214,10 @@ void DecoderModel::moeBlock(int l, const MoeWeights& w, Activations& a) {
       }
     }
     if (backend_.moeRoutedOnDevice(a.h.data(), logitsDev.data(), table.data(), E, K, cfg_.normTopkProb,
-                                   float(cfg_.swigluLimit), 1.702f, a.out.data()))
+                                   float(cfg_.swigluLimit), 1.702f, a.x.data())) {
+      a.pending = false;  // added to the residual stream
       return;
+    }
   }
   std::vector<int64_t> idx;  // [n, K]
   std::vector<float> wt;     // [n, K]
@@ -441,15 +444,15 @@ void DecoderModel::layer(int l, Activations& a, KVCache& kv) {
   trace::Scope span("layer", "model");
   span.arg("layer", l);
   auto& w = layers_[size_t(l)];
-  normInput(a, w.attnNorm, w.attnNormBias);  // x += the previous layer's FFN output; h = norm(x)
-  attentionBlock(l, w.attn, a, kv);
-  a.pending = true;
-  normInput(a, w.ffnNorm, w.ffnNormBias);  // x += attention; h = norm(x)
-  if (w.moe)
-    moeBlock(l, w.experts, a);
-  else
+  normInput(a, w.attnNorm, w.attnNormBias);  // x += the previous layer's FFN output if pending; h = norm(x)
+  attentionBlock(l, w.attn, a, kv);          // x += attention
+  normInput(a, w.ffnNorm, w.ffnNormBias);    // h = norm(x)
+  if (w.moe) {
+    moeBlock(l, w.experts, a);  // x += experts, or out = experts (pending)
+  } else {
     denseFfn(w.ffn, a.h.data(), a.n, a.out.data());
-  a.pending = true;  // added by the next layer's norm, or before the final norm
+    a.pending = true;  // added by the next layer's norm, or before the final norm
+  }
 }
 
 
@@ -463,9 +466,34 @@ int32_t DecoderModel::forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0,
   return tok;
 }
 
-// The forward pass; its result is either the logits (host, [allLogits ? n : 1, vocab]) or the last token's argmax.
+DecoderModel::~DecoderModel() {
+  if (picks_) backend_.release(Tier::Device, picks_, 2 * sizeof(int32_t));
+}
+
+// Step i's input is step i - 1's pick, read on the device; the host issues step i + 1 before it waits for step i's
+// token (the pick slots alternate, so step i + 1 writes the slot step i - 1 used, whose token the host already has).
+int64_t DecoderModel::decodeGreedy(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                                   const std::function<bool(int32_t)>& onToken) {
+  if (!backend_.devicePicks()) return Model::decodeGreedy(tok, pos, steps, kv, onToken);
+  steps = std::min(steps, kv.capacity() - pos);
+  if (steps <= 0) return 0;
+  if (!picks_) picks_ = static_cast<int32_t*>(backend_.allocate(Tier::Device, 2 * sizeof(int32_t)));
+  auto issue = [&](int64_t i) {
+    const DevicePick p{i == 0 ? nullptr : picks_ + (i - 1) % 2, picks_ + i % 2, int(i % 2)};
+    run(&tok, 1, pos + i, kv, false, nullptr, nullptr, &p);
+  };
+  issue(0);
+  for (int64_t i = 0; i < steps; i++) {
+    if (i + 1 < steps) issue(i + 1);
+    if (!onToken(backend_.pickResult(int(i % 2)))) return i + 1;
+  }
+  return steps;
+}
+
+// The forward pass; its result is the logits (host, [allLogits ? n : 1, vocab]), the last token's argmax (greedy) or
+// that argmax kept on the device (pick).
 void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits,
-                       int32_t* greedy) {
+                       int32_t* greedy, const DevicePick* pick) {
   check(n > 0, "forward: no tokens");
   trace::Scope span("forward", "model");
   span.arg("tokens", double(n));
@@ -476,8 +504,8 @@ void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv,
   struct Step {
     Backend& b;
     bool on;
-    Step(Backend& backend, bool o) : b(backend), on(o) {
-      if (on) b.beginStep();
+    Step(Backend& backend, bool o, bool queued) : b(backend), on(o) {
+      if (on) b.beginStep(queued);
     }
     void end() {
       if (on) b.endStep();
@@ -486,7 +514,7 @@ void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv,
     ~Step() {
       if (on) b.abortStep();
     }
-  } step(backend_, n == 1 && weights_.allResident());
+  } step(backend_, n == 1 && weights_.allResident(), pick && pick->in);  // queued: the previous step still runs
   const int64_t hid = cfg_.hiddenSize, V = cfg_.vocabSize;
   Activations a;
   a.n = n;
@@ -495,7 +523,10 @@ void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv,
   a.x = DeviceArray(backend_, size_t(n * hid));
   a.h = DeviceArray(backend_, size_t(n * hid));
   a.out = DeviceArray(backend_, size_t(n * hid));
-  backend_.embed(embed_, ids, n, a.x.data());
+  if (pick && pick->in)
+    backend_.embedDevice(embed_, pick->in, n, a.x.data());
+  else
+    backend_.embed(embed_, ids, n, a.x.data());
   for (int l = 0; l < int(cfg_.numLayers); l++) {
     LayerLease lease = weights_.acquireLayer(l);  // streamed layers: pinned in the device tier while l runs
     if (lease.streamed()) {
@@ -516,7 +547,9 @@ void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv,
   }
   DeviceArray out(backend_, size_t(rows * V));
   backend_.matmul(a.h.data(), rows, lmHead_, lmHeadBias_.ptr(), out.data());
-  if (greedy)
+  if (pick)
+    backend_.pickToDevice(out.data(), V, pick->out, pick->slot);
+  else if (greedy)
     backend_.argmax(out.data(), 1, V, greedy);
   else
     backend_.copy(logits, Tier::Host, out.data(), Tier::Device, size_t(rows * V) * sizeof(float));

@@ -63,10 +63,22 @@ class DecoderModel : public Model {
   std::vector<KVLayerShape> kvShapes() const override;
   void forward(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits) override;
   int32_t forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv) override;
+  int64_t decodeGreedy(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                       const std::function<bool(int32_t)>& onToken) override;
   void setHostBackend(Backend* host) override { host_ = host; }
+  ~DecoderModel() override;
 
  private:
-  void run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits, int32_t* greedy);
+  // A decode step whose token stays on the device (decodeGreedy): the input id is read from device memory `in`
+  // (nullptr: the host ids), the pick goes to device memory `out` and starts for the host in pick slot `slot`.
+  struct DevicePick {
+    const int32_t* in = nullptr;
+    int32_t* out = nullptr;
+    int slot = 0;
+  };
+  void run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits, int32_t* greedy,
+           const DevicePick* pick = nullptr);
+  int32_t* picks_ = nullptr;  // decodeGreedy's two device token slots (backend device memory)
 
  protected:
   // One layer: reads the residual stream (a.x, plus a.out when a.pending), leaves it as a.x + a.out with a.pending
@@ -88,12 +100,13 @@ class DecoderModel : public Model {
 
   // ---- blocks ----
   void norm(const float* x, int64_t n, const ParamVec& w, const ParamVec& b, float* y);  // RMSNorm or LayerNorm
-  // a.out = attention(a.h) for layer l (GQA/MHA with rope, optional qk-norm, sliding window, sinks)
+  // a.x += attention(a.h) for layer l (GQA/MHA with rope, optional qk-norm, sliding window, sinks).
   void attentionBlock(int l, const AttentionWeights& w, Activations& a, KVCache& kv);
   // out = down(act(gate(h)) * up(h)) for n rows
   void denseFfn(const FfnWeights& w, const float* h, int64_t n, float* out, const float* gateBias = nullptr,
                 const float* upBias = nullptr, const float* downBias = nullptr);
-  // a.out = Σ_k weight_k · expert_k(a.h) with the config's routing. Experts are acquired one at a time through
+  // Σ_k weight_k · expert_k(a.h) with the config's routing, added to a.x (decode with every expert resident) or left
+  // in a.out with a.pending set. Experts are acquired one at a time through
   // WeightProvider::acquireExpert (paging-aware: pinned while they compute).
   void moeBlock(int l, const MoeWeights& w, Activations& a);
   // Prefetch hint: layer l+1's router applied to a.h (layer l's normed post-attention state) -> its likely experts.

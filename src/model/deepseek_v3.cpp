@@ -93,17 +93,17 @@ class DeepseekV3Model final : public DecoderModel {
     a.pending = true;
     normInput(a, w.ffnNorm, w.ffnNormBias);
     if (w.moe) {
-      moeBlock(l, w.experts, a);
+      moeBlock(l, w.experts, a);  // x += experts, or out = experts with a.pending
       const FfnWeights& sh = shared_[size_t(l)];
       if (!sh.gate.shape.empty()) {
         DeviceArray s(backend_, size_t(a.n * cfg_.hiddenSize));  // [n, hidden]
         denseFfn(sh, a.h.data(), a.n, s.data());
-        backend_.axpy(1.0f, s.data(), a.n * cfg_.hiddenSize, a.out.data());
+        backend_.axpy(1.0f, s.data(), a.n * cfg_.hiddenSize, a.pending ? a.out.data() : a.x.data());
       }
     } else {
       denseFfn(w.ffn, a.h.data(), a.n, a.out.data());
+      a.pending = true;
     }
-    a.pending = true;
   }
 
  private:

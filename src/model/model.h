@@ -3,6 +3,7 @@
 // mixtral.cpp, qwen3_moe.cpp, ...), all built from the shared blocks in decoder.h.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -29,6 +30,21 @@ class Model {
     std::vector<float> logits(static_cast<size_t>(config().vocabSize));
     forward(ids, n, pos0, kv, false, logits.data());
     return firstMaxIndex(logits.data(), int64_t(logits.size()));
+  }
+  // Greedy decoding from a known token: feeds `tok` at position pos, then each picked token at the next position, for
+  // up to `steps` steps and no position past kv.capacity(); onToken gets each picked token in order and returns
+  // false to stop. Returns how many tokens onToken got. On a backend that keeps picks on the device
+  // (Backend::devicePicks) the decoder runs one step ahead: step i + 1 is issued, and writes its K/V at pos + i + 1,
+  // before step i's token has reached the host, so the GPU never waits for the host between steps; after a stop
+  // the cache holds that one extra position (a later write there replaces it). Default: forwardGreedy step by step.
+  virtual int64_t decodeGreedy(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                               const std::function<bool(int32_t)>& onToken) {
+    int64_t i = 0;
+    for (; i < steps && pos + i < kv.capacity(); i++) {
+      tok = forwardGreedy(&tok, 1, pos + i, kv);
+      if (!onToken(tok)) return i + 1;
+    }
+    return i;
   }
   // Hybrid execution (GPU backends with paged experts): a backend that computes on host memory with the host CPU,
   // for the experts the weight provider gives to the host (WeightProvider::splitExperts). nullptr: none.

@@ -236,6 +236,36 @@ TEST_F(CudaOps, MatmulManyMatchesCpu) {
   }
 }
 
+// y += x · Wᵀ (+ bias) (Backend::matmulAdd: the o projection into the residual stream): the decode GEMV's own store
+// (n <= 8, every type and layout) and the prefill fallback (n = 9, 70: a product, then an add).
+TEST_F(CudaOps, MatmulAddAddsIntoY) {
+  for (DType dt : {DType::F32, DType::BF16, DType::MXFP4}) {
+    for (Layout layout : {Layout::Row, Layout::Column}) {
+      if (dt == DType::MXFP4 && layout == Layout::Column) continue;
+      const int64_t out = 130, in = 512;
+      for (int64_t n : {1, 3, 8, 9, 70}) {
+        const uint32_t seed = nextSeed();
+        auto wb = encodeWeight(randn(size_t(out * in), seed, 0.05f), out, in, dt, layout);
+        auto x = randn(size_t(n * in), seed + 1);
+        auto bias = randn(size_t(out), seed + 2);
+        auto y0 = randn(size_t(n * out), seed + 3, 4.0f);
+        WeightView hw{wb.data(), dt, {out, in}, layout};
+        std::vector<float> ref = y0;
+        cpu->matmulAdd(x.data(), n, hw, bias.data(), ref.data());
+        std::vector<float> prod(ref.size());
+        cpu->matmul(x.data(), n, hw, bias.data(), prod.data());
+        for (size_t i = 0; i < ref.size(); i++) ASSERT_EQ(ref[i], y0[i] + prod[i]);  // the CPU's default: y += product
+        WeightView dw = hw;
+        dw.data = up(wb);
+        float* y = up(y0);
+        gpu->matmulAdd(up(x), n, dw, up(bias), y);
+        EXPECT_LT(relErr(down(y, ref.size()), ref), kTol)
+            << dtypeName(dt) << " " << layoutName(layout) << " n " << n << " seed " << seed;
+      }
+    }
+  }
+}
+
 // The residual add fused into RMSNorm: x += add (written back), y = rmsNorm(x).
 TEST_F(CudaOps, AddRmsNormMatchesCpu) {
   for (int64_t dim : {64, 100, 2048}) {
@@ -543,9 +573,10 @@ TEST_F(CudaOps, RoutedOnDeviceMatchesHostRouting) {
       c.weight = norm ? p[size_t(order[size_t(k)])] / ksum : p[size_t(order[size_t(k)])];
       chosen.push_back(c);
     }
-    std::vector<float> ref(static_cast<size_t>(hid), 0.0f);
+    const std::vector<float> residual = randn(size_t(hid), seed + 95);  // the experts' sum is added to it
+    std::vector<float> ref = residual;
     cpu->moeExperts(x.data(), chosen.data(), K, 0.0f, 1.702f, ref.data());
-    float* o = up(std::vector<float>(static_cast<size_t>(hid), 0.0f));
+    float* o = up(residual);
     ASSERT_TRUE(gpu->moeRoutedOnDevice(up(x), up(logits), ex.dc.data(), E, K, norm, 0.0f, 1.702f, o));
     EXPECT_LT(relErr(down(o, size_t(hid)), ref), kTol) << "norm " << norm << " seed " << seed;
     EXPECT_FALSE(cpu->moeRoutedOnDevice(x.data(), logits.data(), hc.data(), E, K, norm, 0.0f, 1.702f, ref.data()));

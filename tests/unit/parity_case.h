@@ -67,22 +67,42 @@ inline void expectParity(const EvalReport& r, int64_t minDecodeRows) {
 }
 
 // Greedy decoding through Model::forwardGreedy (the pick made by the backend) follows the argmax of the logits that
-// forward() returns for the same steps: a 5-token prefill, then `steps` decode steps fed back their own pick.
+// forward() returns for the same steps: a 5-token prefill, then `steps` decode steps fed back their own pick. Then
+// Model::decodeGreedy (on a GPU pipelined, the token kept on the device) gives the same tokens, stops when onToken
+// says so, and stops at the cache's capacity.
 inline void expectGreedyMatchesLogits(Engine& engine, int64_t steps) {
   Model& m = engine.model();
   const int64_t V = m.config().vocabSize;
   auto kvPick = engine.newKVCache(steps + 8), kvLogits = engine.newKVCache(steps + 8);
   std::vector<float> logits(static_cast<size_t>(V));
   const int32_t prompt[5] = {1, 2, 3, int32_t(V / 2), int32_t(V - 1)};
-  int32_t tok = m.forwardGreedy(prompt, 5, 0, *kvPick);
+  const int32_t first = m.forwardGreedy(prompt, 5, 0, *kvPick);
+  int32_t tok = first;
   m.forward(prompt, 5, 0, *kvLogits, false, logits.data());
   ASSERT_EQ(tok, firstMaxIndex(logits.data(), V)) << "prefill";
+  std::vector<int32_t> picks;
   for (int64_t i = 0; i < steps; i++) {
     const int32_t in = tok;
     tok = m.forwardGreedy(&in, 1, 5 + i, *kvPick);
     m.forward(&in, 1, 5 + i, *kvLogits, false, logits.data());
     ASSERT_EQ(tok, firstMaxIndex(logits.data(), V)) << "decode step " << i;
+    picks.push_back(tok);
   }
+  // decodeGreedy over the same steps, on a cache that saw the same prefill
+  std::vector<int32_t> got;
+  auto kv = engine.newKVCache(steps + 8);
+  ASSERT_EQ(m.forwardGreedy(prompt, 5, 0, *kv), first);
+  EXPECT_EQ(m.decodeGreedy(first, 5, steps, *kv, [&](int32_t t) { return got.push_back(t), true; }), steps);
+  EXPECT_EQ(got, picks);
+  // a stop after 3 tokens (the step issued ahead is dropped), then the context's end: 5 + 3 positions remain
+  got.clear();
+  auto kvStop = engine.newKVCache(5 + 3);
+  m.forwardGreedy(prompt, 5, 0, *kvStop);
+  EXPECT_EQ(m.decodeGreedy(first, 5, steps, *kvStop, [&](int32_t t) { return got.push_back(t), got.size() < 2; }), 2);
+  EXPECT_EQ(got, std::vector<int32_t>(picks.begin(), picks.begin() + 2));
+  got.clear();
+  EXPECT_EQ(m.decodeGreedy(first, 5, steps, *kvStop, [&](int32_t t) { return got.push_back(t), true; }), 3);
+  EXPECT_EQ(got, std::vector<int32_t>(picks.begin(), picks.begin() + 3));
 }
 
 }  // namespace doppler::test

@@ -171,6 +171,9 @@ class CudaBackend final : public Backend {
     if (scratch_) cudaFree(scratch_);
     if (staging_) cudaFreeHost(staging_);
     pick_.reset();
+    if (pickSlots_) cudaFreeHost(pickSlots_);
+    for (auto e : pickEvents_)
+      if (e) cudaEventDestroy(e);
     for (auto& [k, t] : tables_)
       if (t.dev) cudaFree(t.dev);
     std::lock_guard<std::mutex> lk(mu_);
@@ -296,7 +299,7 @@ class CudaBackend final : public Backend {
 
   // ---------------------------------------------------------------- step graphs (graph_recorder.h)
 
-  void beginStep() override {
+  void beginStep(bool queued = false) override {
     if (!graphs_ || std::this_thread::get_id() != owner_ || graph_->recording()) return;
     if (arenaLive_ == 0) {  // start the arena over (grown to what the last step asked for)
       if (arenaWant_ > arenaCap_) {
@@ -307,7 +310,7 @@ class CudaBackend final : public Backend {
       }
       arenaTop_ = 0;
     }
-    graph_->begin();
+    graph_->begin(queued);
   }
   void* allocateScratch(size_t bytes) override {
     if (!recordingHere()) return allocate(Tier::Device, bytes);
@@ -364,22 +367,15 @@ class CudaBackend final : public Backend {
     ck(cuda::matmul(x, n, mw, bias, y, stream_), "matmul");
   }
 
+  void matmulAdd(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) override {
+    check(x != y, "cuda matmulAdd: y must not alias x");
+    if (n > 8) return Backend::matmulAdd(x, n, w, bias, y);  // prefill: cuBLAS or the tiled GEMM, then an add
+    ck(cuda::matmul(x, n, matW(w, "matmulAdd"), bias, y, stream_, true), "matmulAdd");
+  }
+
   void matmulMany(const float* x, int64_t n, const MatmulOut* outs, int count) override {
-    // One launch for one token when every matrix is a row-layout f32/f16/bf16 of the same type and input size.
-    bool one = n == 1 && count >= 1 && count <= cuda::kMultiGemv && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-    const DType dt = count > 0 ? outs[0].w.dtype : DType::F32;
-    const int64_t in = count > 0 ? outs[0].w.cols() : 0;
-    one = one && (dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) && in % 8 == 0;
     cuda::MultiGemv m{};
-    for (int j = 0; j < count && one; j++) {
-      const WeightView& w = outs[j].w;
-      one = w.data && w.dtype == dt && w.layout == Layout::Row && w.cols() == in &&
-            reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && outs[j].y != x;
-      m.w[j] = w.data;
-      m.bias[j] = outs[j].bias;
-      m.y[j] = outs[j].y;
-      m.out[j] = w.rows();
-    }
+    const bool one = multiGemv(x, n, outs, count, m);
     if (!one && n >= kCublasMinRows && !recordingHere() && count > 1) {  // prefill: bf16 weights share x's split
       bool shared = true;
       std::vector<cuda::MatW> mws;
@@ -399,9 +395,7 @@ class CudaBackend final : public Backend {
       }
     }
     if (!one) return Backend::matmulMany(x, n, outs, count);
-    m.count = count;
-    const int type = dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16;
-    ck(cuda::matmulMany(x, in, type, m, stream_), "matmulMany");
+    ck(cuda::matmulMany(x, outs[0].w.cols(), multiType(outs[0].w.dtype), m, stream_), "matmulMany");
   }
 
   void addRmsNorm(float* x, const float* add, int64_t rows, int64_t dim, const float* w, float eps,
@@ -425,6 +419,13 @@ class CudaBackend final : public Backend {
       e.ids = reinterpret_cast<const int32_t*>(up.flush() + oIds);
     }
     ck(cuda::embed(matW(table, "embed"), e, n, out, stream_), "embed");
+  }
+
+  void embedDevice(const WeightView& table, const int32_t* ids, int64_t n, float* out) override {
+    check(table.dtype != DType::MXFP4, "cuda embed: an mxfp4 embedding table is not supported");
+    cuda::EmbedArgs e{};
+    e.ids = ids;
+    ck(cuda::embed(matW(table, "embed"), e, n, out, stream_), "embedDevice");
   }
 
   void rmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, float eps, float* y) override {
@@ -582,7 +583,7 @@ class CudaBackend final : public Backend {
     m.ex = t.dev;
     m.sel = idx;
     m.selW = wts;
-    m.assign = true;
+    m.assign = false;  // out += (the residual stream)
     m.logits = logits;
     m.numExperts = int(numExperts);
     m.topK = int(topK);
@@ -613,9 +614,14 @@ class CudaBackend final : public Backend {
        "scatterAddRows");
   }
 
-  void argmax(const float* x, int64_t rows, int64_t n, int32_t* out) override {
-    check(rows >= 0 && rows <= 65535 && n > 0 && n <= INT32_MAX, "argmax: {} rows of {} values", rows, n);
-    if (rows == 0) return;
+  // argmax's scratch for `rows` rows of n values (grown when needed) and device results [rows].
+  struct PickBuffers {
+    float* pv;
+    int* pi;
+    unsigned* counter;
+    int32_t* res;
+  };
+  PickBuffers pickBuffers(int64_t n, int64_t rows) {
     const size_t parts = size_t(rows) * size_t(cuda::argmaxBlocks(n));
     if (parts > pick_.parts || size_t(rows) > pick_.rows) {  // grown (rarely): recorded ops may name the old one
       if (recordingHere()) flushRecorded();
@@ -629,16 +635,46 @@ class CudaBackend final : public Backend {
       ck(cudaHostAlloc(reinterpret_cast<void**>(&pick_.host), pick_.rows * sizeof(int32_t), cudaHostAllocPortable),
          "cudaHostAlloc (argmax)");
     }
-    auto* pv = static_cast<float*>(pick_.dev);
-    auto* pi = reinterpret_cast<int*>(pv + pick_.parts);
-    auto* counter = reinterpret_cast<unsigned*>(pi + pick_.parts);
-    auto* res = reinterpret_cast<int32_t*>(counter + pick_.rows);
-    ck(cuda::argmax(x, rows, n, pv, pi, counter, res, stream_), "argmax");
+    PickBuffers b;
+    b.pv = static_cast<float*>(pick_.dev);
+    b.pi = reinterpret_cast<int*>(b.pv + pick_.parts);
+    b.counter = reinterpret_cast<unsigned*>(b.pi + pick_.parts);
+    b.res = reinterpret_cast<int32_t*>(b.counter + pick_.rows);
+    return b;
+  }
+
+  void argmax(const float* x, int64_t rows, int64_t n, int32_t* out) override {
+    check(rows >= 0 && rows <= 65535 && n > 0 && n <= INT32_MAX, "argmax: {} rows of {} values", rows, n);
+    if (rows == 0) return;
+    const PickBuffers pb = pickBuffers(n, rows);
+    ck(cuda::argmax(x, rows, n, pb.pv, pb.pi, pb.counter, pb.res, stream_), "argmax");
     if (recordingHere()) flushRecorded();  // the recorded step up to here, then the 4-byte answers
-    ck(cudaMemcpyAsync(pick_.host, res, size_t(rows) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
+    ck(cudaMemcpyAsync(pick_.host, pb.res, size_t(rows) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
        "argmax: device-to-host copy");
     ck(cudaStreamSynchronize(stream_), "argmax: synchronize");
     std::memcpy(out, pick_.host, size_t(rows) * sizeof(int32_t));
+  }
+
+  bool devicePicks() const override { return true; }
+  void pickToDevice(const float* x, int64_t n, int32_t* dev, int slot) override {
+    check(slot == 0 || slot == 1, "pickToDevice: slot {} (0 or 1)", slot);
+    check(n > 0 && n <= INT32_MAX, "pickToDevice: {} values", n);
+    const PickBuffers pb = pickBuffers(n, 1);
+    ck(cuda::argmax(x, 1, n, pb.pv, pb.pi, pb.counter, dev, stream_), "pickToDevice");
+    if (recordingHere()) flushRecorded();  // the recorded step up to here, then the 4-byte copy (no wait)
+    if (!pickSlots_) {
+      ck(cudaHostAlloc(reinterpret_cast<void**>(&pickSlots_), 2 * sizeof(int32_t), cudaHostAllocPortable),
+         "cudaHostAlloc (picks)");
+      for (auto& e : pickEvents_) ck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate (picks)");
+    }
+    ck(cudaMemcpyAsync(pickSlots_ + slot, dev, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
+       "pickToDevice: device-to-host copy");
+    ck(cudaEventRecord(pickEvents_[slot], stream_), "pickToDevice: cudaEventRecord");
+  }
+  int32_t pickResult(int slot) override {
+    check((slot == 0 || slot == 1) && pickSlots_, "pickResult: no pick in slot {}", slot);
+    ck(cudaEventSynchronize(pickEvents_[slot]), "pickResult: wait");
+    return pickSlots_[slot];
   }
 
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out) override {
@@ -667,6 +703,28 @@ class CudaBackend final : public Backend {
     copyStreams_.push_back(c);
     return copyStreams_.back();
   }
+
+  // matmulMany's one-launch case: one token, 1 to kMultiGemv row-layout f32/f16/bf16 matrices of one type and input
+  // size (% 8), 16-byte aligned, no output aliasing x. Fills m and returns true when it applies.
+  static bool multiGemv(const float* x, int64_t n, const MatmulOut* outs, int count, cuda::MultiGemv& m) {
+    if (n != 1 || count < 1 || count > cuda::kMultiGemv || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+    const DType dt = outs[0].w.dtype;
+    const int64_t in = outs[0].w.cols();
+    if (!(dt == DType::F32 || dt == DType::F16 || dt == DType::BF16) || in % 8 != 0) return false;
+    for (int j = 0; j < count; j++) {
+      const WeightView& w = outs[j].w;
+      if (!w.data || w.dtype != dt || w.layout != Layout::Row || w.cols() != in ||
+          reinterpret_cast<uintptr_t>(w.data) % 16 != 0 || outs[j].y == x)
+        return false;
+      m.w[j] = w.data;
+      m.bias[j] = outs[j].bias;
+      m.y[j] = outs[j].y;
+      m.out[j] = w.rows();
+    }
+    m.count = count;
+    return true;
+  }
+  static int multiType(DType dt) { return dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16; }
 
   // What p points at: cudaMemoryTypeDevice / Managed (GPU memory), Host (pinned: cudaHostAlloc'ed or registered)
   // or Unregistered (pageable host memory).
@@ -751,6 +809,8 @@ class CudaBackend final : public Backend {
       host = nullptr;
     }
   } pick_;
+  int32_t* pickSlots_ = nullptr;      // pickToDevice's pinned results, [2]
+  cudaEvent_t pickEvents_[2] = {};    // recorded after each slot's copy
 
   std::string name_;
   std::thread::id owner_;

@@ -16,39 +16,61 @@ double now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 }  // namespace
 
 GraphRecorder::~GraphRecorder() {
-  for (auto& s : segments_) destroy(s);
-  for (auto& [a, b] : events_) {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
+  for (auto& v : segments_)
+    for (auto& s : v) destroy(s);
+  for (StepTimes& t : times_) {
+    for (auto& [a, b] : t.launches) {
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+    }
+    if (t.end) cudaEventDestroy(t.end);
   }
-  for (cudaEvent_t e : stepEnd_)
-    if (e) cudaEventDestroy(e);
 }
 
-void GraphRecorder::collectTimes() {
+void GraphRecorder::collect(StepTimes& t) {
+  if (!t.pending) return;
+  t.pending = false;
   auto seconds = [](cudaEvent_t a, cudaEvent_t b) {
     float ms = 0;
     const bool ok = cudaEventSynchronize(b) == cudaSuccess && cudaEventElapsedTime(&ms, a, b) == cudaSuccess;
     cudaGetLastError();
     return ok ? double(ms) * 1e-3 : 0.0;
   };
-  for (size_t i = 0; i < timed_; i++) stats_.gpuSeconds += seconds(events_[i].first, events_[i].second);
-  if (timed_ > 0) {
-    stats_.gpuSpanSeconds += seconds(events_[0].first, events_[timed_ - 1].second);
-    if (ended_ >= 2) {  // the step before this one was recorded too: the GPU's idle time between the two
-      stats_.gpuGapSeconds += seconds(stepEnd_[(ended_ - 2) % 2], events_[0].first);
-      stats_.gaps++;
-    }
+  if (t.used == 0) return;
+  for (size_t i = 0; i < t.used; i++) stats_.gpuSeconds += seconds(t.launches[i].first, t.launches[i].second);
+  stats_.gpuSpanSeconds += seconds(t.launches[0].first, t.launches[t.used - 1].second);
+  const StepTimes& p = times_[(t.step + 2) % 3];  // the step before (its slot is reused two steps after this one)
+  if (t.step >= 1 && p.step == t.step - 1 && p.ended) {  // the GPU's idle time between the two
+    stats_.gpuGapSeconds += seconds(p.end, t.launches[0].first);
+    stats_.gaps++;
   }
-  timed_ = 0;
 }
 
-void GraphRecorder::begin() {
-  collectTimes();  // the previous step's launches ended with it (its logits were copied to the host)
+const GraphStats& GraphRecorder::stats() {
+  const uint64_t k = stats_.steps;  // steps begun; the last two may not be collected yet
+  for (uint64_t j = k >= 2 ? k - 2 : 0; j < k; j++) {
+    StepTimes& t = times_[j % 3];
+    if (t.step == j && !(recording_ && j + 1 == k)) collect(t);
+  }
+  return stats_;
+}
+
+void GraphRecorder::begin(bool whole) {
+  // Step k - 2's times (its GPU work has finished by now in every caller: its token reached the host before step
+  // k was issued), never step k - 1's: collecting it would make the host wait for the GPU.
+  const uint64_t k = stats_.steps;
+  if (k >= 2) collect(times_[(k - 2) % 3]);
+  StepTimes& t = times_[k % 3];
+  collect(t);  // step k - 3 (collected already unless steps were aborted)
+  t.used = 0;
+  t.ended = false;
+  t.pending = true;
+  t.step = k;
   t0_ = now();
   launched_ = false;
   lastLaunch_ = 0;
   recording_ = true;
+  whole_ = whole;
   segment_ = 0;
   count_ = 0;
   stats_.steps++;
@@ -141,8 +163,9 @@ void GraphRecorder::update(Segment& s) {
 
 void GraphRecorder::flush() {
   if (!recording_ || count_ == 0) return;
-  if (segments_.size() <= segment_) segments_.resize(segment_ + 1);
-  Segment& s = segments_[segment_++];
+  std::vector<Segment>& segs = segments_[whole_ ? 1 : 0];
+  if (segs.size() <= segment_) segs.resize(segment_ + 1);
+  Segment& s = segs[segment_++];
   bool same = s.exec && s.ops.size() == count_;
   for (size_t i = 0; same && i < count_; i++)
     same = ops_[i].func == s.ops[i].func;
@@ -155,13 +178,14 @@ void GraphRecorder::flush() {
   count_ = 0;
   stats_.nodes += n;
   stats_.launches++;
-  if (timed_ == events_.size()) {
+  StepTimes& t = times_[(stats_.steps - 1) % 3];
+  if (t.used == t.launches.size()) {
     std::pair<cudaEvent_t, cudaEvent_t> e{};
     ck(cudaEventCreate(&e.first), "cudaEventCreate");
     ck(cudaEventCreate(&e.second), "cudaEventCreate");
-    events_.push_back(e);
+    t.launches.push_back(e);
   }
-  const auto& ev = events_[timed_++];
+  const auto& ev = t.launches[t.used++];
   ck(cudaEventRecord(ev.first, stream_), "cudaEventRecord");
   ck(cudaGraphLaunch(s.exec, stream_), "cudaGraphLaunch");
   ck(cudaEventRecord(ev.second, stream_), "cudaEventRecord");
@@ -186,11 +210,11 @@ void GraphRecorder::end() {
   recording_ = false;
   stats_.hostSeconds += now() - t0_;
   stats_.lastLaunchSeconds += lastLaunch_;
-  if (timed_ == 0) return;  // nothing launched: no end to time
-  cudaEvent_t& e = stepEnd_[ended_ % 2];
-  if (!e) ck(cudaEventCreate(&e), "cudaEventCreate");
-  ck(cudaEventRecord(e, stream_), "cudaEventRecord");
-  ended_++;
+  StepTimes& t = times_[(stats_.steps - 1) % 3];
+  if (t.used == 0) return;  // nothing launched: no end to time
+  if (!t.end) ck(cudaEventCreate(&t.end), "cudaEventCreate");
+  ck(cudaEventRecord(t.end, stream_), "cudaEventRecord");
+  t.ended = true;
 }
 
 void GraphRecorder::abort() noexcept {

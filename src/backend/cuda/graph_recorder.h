@@ -11,10 +11,13 @@
 // GPU starts on the first part of a step while the host still records the rest (the boundaries depend on the op
 // count only, so every step splits the same way). The host records an op in ~1.6 us and the GPU runs one in ~9
 // (Qwen3 shape), so from the third segment on the host stays ahead with few boundaries (each costs the GPU ~10 us).
+// A step begun as whole (pipelined greedy decoding: the GPU still runs the previous step while this one is recorded)
+// is one segment: there the boundaries would only cost.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstddef>
 #include <vector>
 
 #include "backend/backend.h"
@@ -30,9 +33,12 @@ class GraphRecorder final : public LaunchSink {
   GraphRecorder(const GraphRecorder&) = delete;
   GraphRecorder& operator=(const GraphRecorder&) = delete;
 
-  void begin();  // the calling thread's launches are recorded from now on (segment 0 of a step)
+  // The calling thread's launches are recorded from now on (segment 0 of a step). whole: the GPU is still busy with
+  // earlier work, so nothing is gained by starting early: the step is one segment, launched at end() (or at the
+  // first op that needs the host). Whole and segmented steps keep their graphs apart.
+  void begin(bool whole = false);
   bool recording() const { return recording_; }
-  size_t segmentOps() const { return segment_ >= 2 ? 128 : size_t(8) << segment_; }
+  size_t segmentOps() const { return whole_ ? SIZE_MAX : segment_ >= 2 ? 128 : size_t(8) << segment_; }
   void kernel(const void* func, dim3 grid, dim3 block, size_t smem, void** args, const size_t* sizes,
               int count) override;
   // Launches the ops recorded since the last flush on the stream (nothing when there are none); the next ops form
@@ -40,7 +46,7 @@ class GraphRecorder final : public LaunchSink {
   void flush();
   void end();             // flush(), then launch directly again
   void abort() noexcept;  // drop what was recorded, launch directly again
-  const GraphStats& stats() const { return stats_; }
+  const GraphStats& stats();  // collects the GPU times not collected yet (waits for those steps' GPU work)
 
  private:
   struct Op {
@@ -57,7 +63,18 @@ class GraphRecorder final : public LaunchSink {
     std::vector<cudaGraphNode_t> nodes;
   };
   Op& next();
-  void collectTimes();  // adds the finished launches' GPU time to the stats
+  // GPU timing of one step: an event pair per graph launch and one at its end. Step k's are in times_[k % 3] and are
+  // added to the stats when step k + 2 begins, so that recording step k + 1 never waits for step k's GPU work
+  // (pipelined decoding issues it while step k runs).
+  struct StepTimes {
+    std::vector<std::pair<cudaEvent_t, cudaEvent_t>> launches;  // start, stop
+    size_t used = 0;              // launches of this step
+    cudaEvent_t end = nullptr;    // recorded at end()
+    bool ended = false;           // end recorded
+    bool pending = false;         // not yet added to the stats
+    uint64_t step = 0;
+  };
+  void collect(StepTimes& t);  // adds a step's GPU times to the stats (waits for its events)
   void build(Segment& s);
   void update(Segment& s);
   static void destroy(Segment& s) noexcept;
@@ -69,13 +86,11 @@ class GraphRecorder final : public LaunchSink {
   size_t segment_ = 0;          // index of the segment being recorded within the step
   std::vector<Op> ops_;         // recorded ops of the current segment (storage reused)
   size_t count_ = 0;            // how many of ops_ are in use
-  std::vector<Segment> segments_;
+  std::vector<Segment> segments_[2];  // the graphs of segmented steps [0] and of whole steps [1]
+  bool whole_ = false;
   std::vector<void*> argv_;
   GraphStats stats_;
-  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events_;  // per launch of a step: start, stop
-  size_t timed_ = 0;                                          // events_ used since the last collectTimes()
-  cudaEvent_t stepEnd_[2] = {};  // recorded at end(), alternately: the previous step's end stays for collectTimes()
-  uint64_t ended_ = 0;           // steps ended; step k's end event is stepEnd_[k % 2]
+  StepTimes times_[3];
   double t0_ = 0;                // begin() wall time
   bool launched_ = false;        // the current step launched its first segment
   double lastLaunch_ = 0;        // host time from begin() to the step's latest launch

@@ -28,6 +28,18 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ float blockSum(float v, float* red) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  v = warpSum(v);
+  __syncthreads();  // red may still be read from a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.0f;
+  for (int k = 0; k < nw; k++) s += red[k];
+  return s;
+}
+
 // Programmatic dependent launch (sm_90). In a step's graph every kernel follows the previous one over a
 // programmatic edge (graph_recorder.cpp), so it may be scheduled while that one still runs: each kernel first lets
 // its own successor be scheduled (launch_dependents), then waits until its predecessor has completed and its
@@ -112,7 +124,7 @@ __device__ __forceinline__ void load8(const void* p, float* f) {
 constexpr int kGemvWarps = 8;  // rows per block (one warp each)
 
 // y[t, o] for t < n <= NT. VEC: in % 8 == 0 and W, x 16-byte aligned.
-template <int T, int NT, bool VEC>
+template <int T, int NT, bool VEC, bool ADD>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRow(const float* __restrict__ x, int n, const void* __restrict__ w,
                                                             int64_t out, int64_t in, const float* __restrict__ bias,
                                                             float* __restrict__ y) {
@@ -126,9 +138,12 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRow(const float* __res
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
   if (o >= out) return;
-  float acc[NT];
+  float acc[NT], prev[NT];  // prev: y's values to add to (loaded now, used at the end)
 #pragma unroll
-  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  for (int t = 0; t < NT; t++) {
+    acc[t] = 0.0f;
+    prev[t] = ADD && lane == 0 && t < n ? y[t * out + o] : 0.0f;
+  }
   const uint8_t* row = static_cast<const uint8_t*>(w) + o * in * es;
   if constexpr (VEC) {
 #pragma unroll 4
@@ -159,8 +174,8 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRow(const float* __res
 #pragma unroll
   for (int t = 0; t < NT; t++) {
     if (t < n) {
-      const float s = warpSum(acc[t]);
-      if (lane == 0) y[t * out + o] = s + (bias ? bias[o] : 0.0f);
+      const float s = warpSum(acc[t]) + (bias ? bias[o] : 0.0f);
+      if (lane == 0) y[t * out + o] = ADD ? prev[t] + s : s;
     }
   }
 }
@@ -199,7 +214,8 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvRowMulti(const float* 
 template <int NT>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvMxfp4(const float* __restrict__ x, int n,
                                                               const uint8_t* __restrict__ w, int64_t out, int64_t in,
-                                                              const float* __restrict__ bias, float* __restrict__ y) {
+                                                              const float* __restrict__ bias, float* __restrict__ y,
+                                                              bool add) {
   pdlBegin();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
@@ -233,8 +249,8 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemvMxfp4(const float* __r
 #pragma unroll
   for (int t = 0; t < NT; t++) {
     if (t < n) {
-      const float s = warpSum(acc[t]);
-      if (lane == 0) y[t * out + o] = s + (bias ? bias[o] : 0.0f);
+      const float s = warpSum(acc[t]) + (bias ? bias[o] : 0.0f);
+      if (lane == 0) y[t * out + o] = add ? y[t * out + o] + s : s;
     }
   }
 }
@@ -246,7 +262,8 @@ constexpr int kColOut = 32, kColSlices = 8;
 // Block: 32 consecutive outputs (one per lane, coalesced along the contiguous column) x 8 slices of `in`.
 template <int NT>
 __global__ void __launch_bounds__(kColOut * kColSlices) gemvCol(const float* __restrict__ x, int n, MatW w,
-                                                               const float* __restrict__ bias, float* __restrict__ y) {
+                                                               const float* __restrict__ bias, float* __restrict__ y,
+                                                               bool add) {
   pdlBegin();
   __shared__ float part[NT][kColSlices][kColOut];
   const int lane = threadIdx.x % kColOut, slice = threadIdx.x / kColOut;
@@ -272,7 +289,8 @@ __global__ void __launch_bounds__(kColOut * kColSlices) gemvCol(const float* __r
         float s = 0.0f;
 #pragma unroll
         for (int k = 0; k < kColSlices; k++) s += part[t][k][lane];
-        y[t * w.out + o] = s + (bias ? bias[o] : 0.0f);
+        s += bias ? bias[o] : 0.0f;
+        y[t * w.out + o] = add ? y[t * w.out + o] + s : s;
       }
     }
   }
@@ -356,20 +374,12 @@ __global__ void embedKernel(MatW t, const __grid_constant__ EmbedArgs e, int64_t
   }
   pdlBegin();
   const int64_t id = e.inl ? e.idsInl[i] : e.ids[i];
+  if (id < 0 || id >= t.out) {  // ids from device memory are not checked on the host: a row of NaN, never a wild read
+    for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) out[i * dim + c] = NAN;
+    return;
+  }
 #pragma unroll 4
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) out[i * dim + c] = welem(t, id, c);
-}
-
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
-__device__ float blockSum(float v, float* red) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
-  v = warpSum(v);
-  __syncthreads();  // red may still be read from a previous call
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float s = 0.0f;
-  for (int k = 0; k < nw; k++) s += red[k];
-  return s;
 }
 
 // add != nullptr: x += add first (the residual add fused into the next norm), x written back. A row of up to
@@ -935,16 +945,17 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDownRows(const float* _
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t h = int64_t(blockIdx.x) * kGemvWarps + warp;
   if (h >= hid) return;
+  const float prev = m.assign || lane != 0 ? 0.0f : out[h];  // loaded now, added at the end
   float total = 0.0f;
   for (int j = 0; j < count; j++)
     total += downRowTerm<T>(act, m, ex, j, h, inter, lane);
-  if (lane == 0) out[h] = (m.assign ? 0.0f : out[h]) + total;
+  if (lane == 0) out[h] = prev + total;
 }
 
 // Many experts: grid (hid): one block per output row h, warp w takes experts w, w + 8, ...; the 8 partial sums are added in a
 // fixed order (deterministic).
 template <int T>
-__global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __restrict__ act, const __grid_constant__ MoeArgs m,
+__global__ void __launch_bounds__(kGemvWarps * kWarp, 6) moeDown(const float* __restrict__ act, const __grid_constant__ MoeArgs m,
                                                             int count, int64_t inter, int64_t hid,
                                                             float* __restrict__ out) {
   __shared__ float part[kGemvWarps];
@@ -952,6 +963,7 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
   const ExpertPtrs* ex = m.inl ? m.exInl : m.ex;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t h = blockIdx.x;
+  const float prev = m.assign || threadIdx.x != 0 ? 0.0f : out[h];  // loaded now, added at the end
   float total = 0.0f;
   for (int j = warp; j < count; j += kGemvWarps)
     total += downRowTerm<T>(act, m, ex, j, h, inter, lane);
@@ -961,7 +973,7 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDown(const float* __res
     float t = 0.0f;
 #pragma unroll
     for (int k = 0; k < kGemvWarps; k++) t += part[k];
-    out[h] = (m.assign ? 0.0f : out[h]) + t;
+    out[h] = prev + t;
   }
 }
 
@@ -990,32 +1002,35 @@ void launch(void (*f)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
 }
 
 template <int NT>
-void launchGemvRow(const float* x, int n, const MatW& w, const float* bias, float* y, bool vec, cudaStream_t s) {
+void launchGemvRow(const float* x, int n, const MatW& w, const float* bias, float* y, bool add, bool vec,
+                   cudaStream_t s) {
   const dim3 grid(unsigned((w.out + kGemvWarps - 1) / kGemvWarps)), block(kGemvWarps * kWarp);
-#define DOPPLER_GEMV(T)                                                                          \
-  if (vec) launch(gemvRow<T, NT, true>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);   \
-  else launch(gemvRow<T, NT, false>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);
+#define DOPPLER_GEMV(T)                                                                                       \
+  if (vec && add) launch(gemvRow<T, NT, true, true>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);     \
+  else if (vec) launch(gemvRow<T, NT, true, false>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);      \
+  else if (add) launch(gemvRow<T, NT, false, true>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);      \
+  else launch(gemvRow<T, NT, false, false>, grid, block, 0, s, x, n, w.data, w.out, w.in, bias, y);
   switch (w.type) {
     case kF32: DOPPLER_GEMV(kF32) break;
     case kF16: DOPPLER_GEMV(kF16) break;
     case kBF16: DOPPLER_GEMV(kBF16) break;
     case kMXFP4:
-      launch(gemvMxfp4<NT>, grid, block, 0, s, x, n, static_cast<const uint8_t*>(w.data), w.out, w.in, bias, y);
+      launch(gemvMxfp4<NT>, grid, block, 0, s, x, n, static_cast<const uint8_t*>(w.data), w.out, w.in, bias, y, add);
       break;
   }
 #undef DOPPLER_GEMV
 }
 
 template <int NT>
-void launchGemvCol(const float* x, int n, const MatW& w, const float* bias, float* y, cudaStream_t s) {
-  launch(gemvCol<NT>, unsigned((w.out + kColOut - 1) / kColOut), kColOut * kColSlices, 0, s, x, n, w, bias, y);
+void launchGemvCol(const float* x, int n, const MatW& w, const float* bias, float* y, bool add, cudaStream_t s) {
+  launch(gemvCol<NT>, unsigned((w.out + kColOut - 1) / kColOut), kColOut * kColSlices, 0, s, x, n, w, bias, y, add);
 }
 
 }  // namespace
 
 void setLaunchSink(LaunchSink* sink) { tSink = sink; }
 
-cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s) {
+cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s, bool add) {
   if (n <= 0 || w.out <= 0) return cudaSuccess;
   if (n <= 8) {
     const int ni = int(n);
@@ -1023,16 +1038,17 @@ cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, 
       const int es = w.type == kF32 ? 4 : 2;
       const bool vec = w.type != kMXFP4 && w.in % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(x) % 16 == 0 && (w.in * es) % 16 == 0;
-      if (n == 1) launchGemvRow<1>(x, ni, w, bias, y, vec, s);
-      else if (n == 2) launchGemvRow<2>(x, ni, w, bias, y, vec, s);
-      else if (n <= 4) launchGemvRow<4>(x, ni, w, bias, y, vec, s);
-      else launchGemvRow<8>(x, ni, w, bias, y, vec, s);
+      if (n == 1) launchGemvRow<1>(x, ni, w, bias, y, add, vec, s);
+      else if (n == 2) launchGemvRow<2>(x, ni, w, bias, y, add, vec, s);
+      else if (n <= 4) launchGemvRow<4>(x, ni, w, bias, y, add, vec, s);
+      else launchGemvRow<8>(x, ni, w, bias, y, add, vec, s);
     } else {
-      if (n == 1) launchGemvCol<1>(x, ni, w, bias, y, s);
-      else if (n <= 4) launchGemvCol<4>(x, ni, w, bias, y, s);
-      else launchGemvCol<8>(x, ni, w, bias, y, s);
+      if (n == 1) launchGemvCol<1>(x, ni, w, bias, y, add, s);
+      else if (n <= 4) launchGemvCol<4>(x, ni, w, bias, y, add, s);
+      else launchGemvCol<8>(x, ni, w, bias, y, add, s);
     }
   } else {
+    if (add) return cudaErrorInvalidValue;  // the GEMV's store only (the caller adds a GEMM's product itself)
     const dim3 grid(unsigned((w.out + kBN - 1) / kBN), unsigned((n + kBM - 1) / kBM));
     if (w.column) launch(gemmTiled<true>, grid, 256, 0, s, x, n, w, bias, y);
     else launch(gemmTiled<false>, grid, 256, 0, s, x, n, w, bias, y);

@@ -29,8 +29,10 @@ struct MatW {
   int64_t out, in;  // logical W[out, in]
 };
 
-// y[n, out] = x[n, in] · Wᵀ (+ bias). Chooses a GEMV (small n) or a tiled GEMM.
-cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s);
+// y[n, out] = x[n, in] · Wᵀ (+ bias). Chooses a GEMV (small n) or a tiled GEMM. add: y += x · Wᵀ (+ bias) instead
+// (n <= 8 only, the GEMV's own store; cudaErrorInvalidValue otherwise).
+cudaError_t matmul(const float* x, int64_t n, const MatW& w, const float* bias, float* y, cudaStream_t s,
+                   bool add = false);
 
 // y_j = x · W_jᵀ (+ bias_j) for one token and up to kMultiGemv row-layout matrices of one type (f32/f16/bf16) with
 // the same `in` (% 8 == 0; W_j and x 16-byte aligned): one launch. firstBlock is filled in by matmulMany.
@@ -62,7 +64,8 @@ struct EmbedArgs {
   bool inl;
   int32_t idsInl[kInlineIds];
 };
-// out[i, :] = table[ids[i], :] (ids checked on the host by the caller).
+// out[i, :] = table[ids[i], :] (inline ids checked on the host by the caller; a device id outside the table gives a
+// row of NaN).
 cudaError_t embed(const MatW& table, const EmbedArgs& e, int64_t n, float* out, cudaStream_t s);
 
 struct RopeArgs {
