@@ -81,9 +81,9 @@ class DecoderModel : public Model {
   int32_t* picks_ = nullptr;  // decodeGreedy's two device token slots (backend device memory)
 
  protected:
-  // One layer: reads the residual stream (a.x, plus a.out when a.pending), leaves it as a.x + a.out with a.pending
-  // set (the next normInput() adds it). The default is the pre-norm block x += attn(norm(x)); x += ffn(norm(x))
-  // with ffn = MoE or dense per layer; architectures that differ override it.
+  // One layer: reads the residual stream (a.x, plus a.out when a.pending) and leaves it in a.x, or as a.x + a.out
+  // with a.pending set (the next normInput() adds it). The default is the pre-norm block x += attn(norm(x));
+  // x += ffn(norm(x)) with ffn = MoE or dense per layer; architectures that differ override it.
   virtual void layer(int l, Activations& a, KVCache& kv);
   // Loads what the default layer() uses for layer l: norms, attention and a MoE or dense (layers.l.ffn) FFN.
   void loadStandardLayer(int l, bool moe);

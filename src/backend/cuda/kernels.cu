@@ -28,18 +28,6 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
-__device__ float blockSum(float v, float* red) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
-  v = warpSum(v);
-  __syncthreads();  // red may still be read from a previous call
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float s = 0.0f;
-  for (int k = 0; k < nw; k++) s += red[k];
-  return s;
-}
-
 // Programmatic dependent launch (sm_90). In a step's graph every kernel follows the previous one over a
 // programmatic edge (graph_recorder.cpp), so it may be scheduled while that one still runs: each kernel first lets
 // its own successor be scheduled (launch_dependents), then waits until its predecessor has completed and its
@@ -380,6 +368,18 @@ __global__ void embedKernel(MatW t, const __grid_constant__ EmbedArgs e, int64_t
   }
 #pragma unroll 4
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) out[i * dim + c] = welem(t, id, c);
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ float blockSum(float v, float* red) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  v = warpSum(v);
+  __syncthreads();  // red may still be read from a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.0f;
+  for (int k = 0; k < nw; k++) s += red[k];
+  return s;
 }
 
 // add != nullptr: x += add first (the residual add fused into the next norm), x written back. A row of up to
