@@ -17,6 +17,10 @@
 
 namespace doppler {
 
+namespace kv {
+struct BlockFormat;  // a KV cache block's storage layout (kv/kv_codec.h)
+}
+
 enum class Tier : uint8_t { Device, Host, Disk };
 std::string_view tierName(Tier t);  // "device" | "host" | "disk"
 
@@ -174,6 +178,13 @@ class Backend {
   virtual int32_t pickResult(int slot);
   // embed() with ids [n] in device memory (not checked on the host: an id outside the table gives a row of NaN).
   virtual void embedDevice(const WeightView& table, const int32_t* ids, int64_t n, float* out);
+  // ---- KV cache blocks (the paged KV cache's storage, kv/kv_codec.h) ----
+  // dst (fmt.bytes() bytes) = k [tokens, heads, kDim] and v [tokens, heads, vDim] (f32; v unused when vDim == 0)
+  // stored in fmt's type; decodeKVBlock is the inverse. All pointers are device memory. Default: kv/kv_codec.h's
+  // host code (through host copies when device memory is not host-visible); the CUDA backend runs kernels that give
+  // the same bytes.
+  virtual void encodeKVBlock(const kv::BlockFormat& fmt, const float* k, const float* v, uint8_t* dst);
+  virtual void decodeKVBlock(const kv::BlockFormat& fmt, const uint8_t* src, float* k, float* v);
   // y[i] = value for i < n (device memory). Default: through copy() from a host array.
   virtual void fill(float* y, int64_t n, float value) {
     std::vector<float> v(static_cast<size_t>(n), value);

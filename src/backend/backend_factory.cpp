@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kv/kv_codec.h"
 
 namespace doppler {
 
@@ -74,6 +75,26 @@ void Backend::pickToDevice(const float*, int64_t, int32_t*, int) {
 int32_t Backend::pickResult(int) { fail("backend {} keeps no picks on the device (devicePicks() is false)", name()); }
 void Backend::embedDevice(const WeightView&, const int32_t*, int64_t, float*) {
   fail("backend {} keeps no picks on the device (devicePicks() is false)", name());
+}
+
+void Backend::encodeKVBlock(const kv::BlockFormat& f, const float* k, const float* v, uint8_t* dst) {
+  if (hostVisible()) return kv::encodeBlock(f, k, v, dst);
+  std::vector<float> kh(f.kElems()), vh(f.vElems());
+  std::vector<uint8_t> enc(f.bytes());
+  copy(kh.data(), Tier::Host, k, Tier::Device, kh.size() * sizeof(float));
+  if (!vh.empty()) copy(vh.data(), Tier::Host, v, Tier::Device, vh.size() * sizeof(float));
+  kv::encodeBlock(f, kh.data(), vh.data(), enc.data());
+  copy(dst, Tier::Device, enc.data(), Tier::Host, enc.size());
+}
+
+void Backend::decodeKVBlock(const kv::BlockFormat& f, const uint8_t* src, float* k, float* v) {
+  if (hostVisible()) return kv::decodeBlock(f, src, k, v);
+  std::vector<uint8_t> enc(f.bytes());
+  std::vector<float> kh(f.kElems()), vh(f.vElems());
+  copy(enc.data(), Tier::Host, src, Tier::Device, enc.size());
+  kv::decodeBlock(f, enc.data(), kh.data(), vh.data());
+  copy(k, Tier::Device, kh.data(), Tier::Host, kh.size() * sizeof(float));
+  if (!vh.empty()) copy(v, Tier::Device, vh.data(), Tier::Host, vh.size() * sizeof(float));
 }
 
 void Backend::matmulAdd(const float* x, int64_t n, const WeightView& w, const float* bias, float* y) {

@@ -74,10 +74,6 @@ std::unique_ptr<Engine> Engine::open(const std::string& modelArg, const EngineOp
   // On a GPU the weights must be in its memory: always through the tier manager, resident when they fit the
   // device budget (--vram, default the GPU's free memory less headroom), else paged.
   const bool gpu = !e->backend_->hostVisible();
-  if (gpu)
-    check(opts.kvDtype == KVDType::F32,
-          "--kv-dtype {}: KV compression runs on the CPU backend only for now (use f32 with --backend cuda)",
-          kvDTypeName(opts.kvDtype));
   if (paged || gpu) {  // paged through budgeted tiers (docs/tiers.md)
     uint64_t shardBytes = 0;
     for (const auto& s : e->rdrr_->manifest().shards) shardBytes += s.size;

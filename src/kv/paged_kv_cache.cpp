@@ -132,7 +132,7 @@ class PagedKVCache final : public KVCache {
     for (int64_t b = L.firstLive; b < nb; b++) {
       const Block& blk = L.blocks[size_t(b)];
       if (blk.tier != Tier::Device || blk.dtype != KVDType::F32) staged++;
-      if (blk.tier == Tier::Host && blk.dtype != KVDType::F32) hostBytes += blk.bytes;
+      if (blk.tier == Tier::Host && blk.dtype != KVDType::F32) hostBytes += transferBytes(blk.bytes);
     }
     const int64_t kRow = s.kvHeads * s.headDim, vRow = s.kvHeads * s.vDim;
     if (staged > 0) ensureStaging(size_t(staged * B * kRow), size_t(staged * B * vRow), hostBytes);
@@ -171,7 +171,7 @@ class PagedKVCache final : public KVCache {
         } else {  // stream the compressed bytes, decode on the device
           backend_.copy(transfer_ + transferOff, Tier::Device, blk.data, Tier::Host, blk.bytes);
           jobs.push_back(Job{transfer_ + transferOff, blk.dtype, kd, vd});
-          transferOff += blk.bytes;
+          transferOff += transferBytes(blk.bytes);
         }
       } else {
         jobs.push_back(Job{blk.data, blk.dtype, kd, vd});
@@ -183,7 +183,10 @@ class PagedKVCache final : public KVCache {
       }
       lastStaged = true;
     }
-    if (!jobs.empty()) {
+    if (!jobs.empty() && !backend_.hostVisible()) {  // decoded by the backend (kernels on a GPU)
+      stats_->decodedBlocks += int64_t(jobs.size());
+      for (const Job& jo : jobs) backend_.decodeKVBlock(format(s, jo.dtype), jo.src, jo.k, jo.v);
+    } else if (!jobs.empty()) {  // host memory: on all cores
       stats_->decodedBlocks += int64_t(jobs.size());
       ThreadPool::global().parallelFor(
           int64_t(jobs.size()),
@@ -204,6 +207,10 @@ class PagedKVCache final : public KVCache {
     return layers_[size_t(layer)];
   }
   const Layer& layerAt(int layer) const { return const_cast<PagedKVCache*>(this)->layerAt(layer); }
+
+  // A compressed block's room in the transfer area: 16-byte aligned, so every block's payload is aligned for the
+  // backend's decoder.
+  static size_t transferBytes(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
   KVDType sealedDeviceDType() const { return opts_.compress == KVCompress::All ? opts_.dtype : KVDType::F32; }
 
@@ -287,10 +294,18 @@ class PagedKVCache final : public KVCache {
     Block old = L.blocks[size_t(b)];
     const int64_t tokens = blockTokensHeld(L, b);
     kv::BlockFormat from = format(s, old.dtype), f = format(s, dt);
-    std::vector<float> kf(from.kElems()), vf(from.vElems());
-    kv::decodeBlock(from, old.data, kf.data(), vf.data());
-    std::vector<uint8_t> enc(f.bytes());
-    kv::encodeBlock(f, kf.data(), vf.data(), enc.data());
+    // Decoded and encoded by the backend in device scratch (kernels on a GPU; kv_codec.h on the CPU backend).
+    DeviceArray kf(backend_, from.kElems()), vf(backend_, std::max<size_t>(from.vElems(), 1));
+    DeviceArray encoded(backend_, (f.bytes() + 3) / 4), staged;
+    const uint8_t* src = old.data;
+    if (old.tier != Tier::Device) {  // a host block's bytes go to the device first
+      staged = DeviceArray(backend_, (old.bytes + 3) / 4);
+      backend_.copy(staged.data(), Tier::Device, old.data, Tier::Host, old.bytes);
+      src = reinterpret_cast<const uint8_t*>(staged.data());
+    }
+    uint8_t* enc = reinterpret_cast<uint8_t*>(encoded.data());
+    backend_.decodeKVBlock(from, src, kf.data(), vf.data());
+    backend_.encodeKVBlock(f, kf.data(), vf.data(), enc);
     if (to == Tier::Device) {  // free first so that the new block can take the old one's room
       releaseBlock(L.blocks[size_t(b)], tokens);  // the slot is empty (not live) while room is made
       try {
@@ -311,7 +326,7 @@ class PagedKVCache final : public KVCache {
     nb.dtype = dt;
     nb.bytes = f.bytes();
     nb.data = static_cast<uint8_t*>(backend_.allocate(to, nb.bytes));
-    backend_.copy(nb.data, to, enc.data(), Tier::Device, nb.bytes);
+    backend_.copy(nb.data, to, enc, Tier::Device, nb.bytes);
     account(to, +1, tokens, int64_t(nb.bytes));
     L.blocks[size_t(b)] = nb;
   }

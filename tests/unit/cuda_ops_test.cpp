@@ -12,6 +12,7 @@
 #include "backend/cpu/mxfp4.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "kv/kv_codec.h"
 
 using namespace doppler;
 
@@ -261,6 +262,39 @@ TEST_F(CudaOps, MatmulAddAddsIntoY) {
         gpu->matmulAdd(up(x), n, dw, up(bias), y);
         EXPECT_LT(relErr(down(y, ref.size()), ref), kTol)
             << dtypeName(dt) << " " << layoutName(layout) << " n " << n << " seed " << seed;
+      }
+    }
+  }
+}
+
+// KV cache blocks encoded and decoded on the GPU give the host codec's bytes and values exactly (f32, f16, bf16,
+// int8 with its per-row scales; keys only, and odd sizes that leave the int8 scales unaligned).
+TEST_F(CudaOps, KVBlockCodecMatchesHost) {
+  struct Shape { int64_t tokens, heads, kDim, vDim; };
+  for (KVDType dt : {KVDType::F32, KVDType::F16, KVDType::BF16, KVDType::Int8}) {
+    for (Shape sh : {Shape{16, 4, 128, 128}, Shape{16, 1, 192, 0}, Shape{5, 3, 7, 6}}) {
+      const kv::BlockFormat f{dt, sh.tokens, sh.heads, sh.kDim, sh.vDim};
+      const uint32_t seed = nextSeed();
+      auto k = randn(f.kElems(), seed, 3.0f), v = randn(f.vElems(), seed + 1, 0.5f);
+      if (!k.empty()) k[0] = 0.0f;
+      std::vector<uint8_t> ref(f.bytes());
+      kv::encodeBlock(f, k.data(), v.data(), ref.data());
+      auto* enc = reinterpret_cast<uint8_t*>(up(std::vector<uint8_t>(f.bytes(), 0xcd)));
+      gpu->encodeKVBlock(f, up(k), v.empty() ? nullptr : up(v), enc);
+      std::vector<uint8_t> got(f.bytes());
+      gpu->copy(got.data(), Tier::Host, enc, Tier::Device, got.size());
+      const std::string what = std::string(kvDTypeName(dt)) + " [" + std::to_string(sh.tokens) + ", " +
+                               std::to_string(sh.heads) + ", " + std::to_string(sh.kDim) + "/" +
+                               std::to_string(sh.vDim) + "] seed " + std::to_string(seed);
+      EXPECT_EQ(got, ref) << "encoded bytes " << what;
+      std::vector<float> kr(f.kElems()), vr(f.vElems());
+      kv::decodeBlock(f, ref.data(), kr.data(), vr.data());
+      float* kd = poisoned(kr.size());
+      float* vd = vr.empty() ? nullptr : poisoned(vr.size());
+      gpu->decodeKVBlock(f, up(ref), kd, vd);
+      EXPECT_EQ(down(kd, kr.size()), kr) << "decoded keys " << what;
+      if (vd) {
+        EXPECT_EQ(down(vd, vr.size()), vr) << "decoded values " << what;
       }
     }
   }

@@ -128,7 +128,8 @@ TEST_P(CudaParity, GraphsBitIdentical) {
 
 // Greedy picks made on the GPU (Backend::argmax, inside the recorded decode steps) follow the logits' argmax, and
 // pipelined greedy decoding (the token kept on the device, each step issued before the previous pick reaches the
-// host) gives the same tokens: resident (recorded steps) and paged with a spilled KV cache.
+// host) gives the same tokens: resident (recorded steps), paged with a spilled KV cache, and resident with an int8
+// KV cache (blocks sealed and spilled by kernels inside recorded, queued steps).
 TEST_P(CudaParity, GreedyPickOnDeviceMatchesLogits) {
   TempDir tmp;
   const std::string m = convert(tmp);
@@ -138,8 +139,19 @@ TEST_P(CudaParity, GreedyPickOnDeviceMatchesLogits) {
     test::expectGreedyMatchesLogits(*engine, 24);
     EXPECT_GE(engine->backend().stats().graphs.steps, 48u);  // the picks ran inside recorded steps
   }
-  auto paged = Engine::open(m, test::tightTierOptions(m, gpuOptions()));
-  test::expectGreedyMatchesLogits(*paged, 24);
+  {
+    auto paged = Engine::open(m, test::tightTierOptions(m, gpuOptions()));
+    test::expectGreedyMatchesLogits(*paged, 24);
+  }
+  EngineOptions eo = gpuOptions();
+  eo.kvDtype = KVDType::Int8;
+  auto probe = Engine::open(m, eo);
+  // Room for every layer's f32 tail block and a little more: sealed int8 blocks spill soon.
+  eo.kvVram = uint64_t(17 * kvBytesPerToken(probe->model().kvShapes(), KVDType::F32, 16));
+  probe.reset();
+  auto compressed = Engine::open(m, eo);
+  test::expectGreedyMatchesLogits(*compressed, 24);
+  EXPECT_GT(compressed->stats()["kv"]["spilled_blocks"].get<int64_t>(), 0);
 }
 
 // Through the CLI, as the issue asks: `doppler eval --backend cuda` at 1e-4.

@@ -97,9 +97,8 @@ TEST_P(TieredKV, F32SpilledEvalPassesThroughTheCli) {
 }
 
 // int8 KV (per-block, per-head scales): worst relative logit error within the documented bound and greedy ids
-// that agree on >= 95% of positions; f16/bf16 tighter.
-TEST_P(TieredKV, CompressedKVWithinDocumentedBounds) {
-  const std::string arch = GetParam();
+// that agree on >= 95% of positions; f16/bf16 tighter. `backend`: the engine's --backend.
+void expectCompressedKVWithinDocumentedBounds(const std::string& arch, const std::string& backend) {
   TempDir tmp;
   struct Case {
     KVDType dt;
@@ -109,6 +108,7 @@ TEST_P(TieredKV, CompressedKVWithinDocumentedBounds) {
   for (Case cs : {Case{KVDType::Int8, KVCompress::All, 4e-2}, Case{KVDType::Int8, KVCompress::Spilled, 4e-2},
                   Case{KVDType::F16, KVCompress::All, 2e-3}, Case{KVDType::BF16, KVCompress::All, 4e-2}}) {
     EngineOptions eo;
+    eo.backend = backend;
     eo.kvDtype = cs.dt;
     eo.kvCompress = cs.c;
     eo.kvVram = 48 * 768;  // some blocks on the device, the rest spilled
@@ -117,9 +117,9 @@ TEST_P(TieredKV, CompressedKVWithinDocumentedBounds) {
     const double worst = std::max(r.decode.worstError, r.longCtx.worstError);
     const int64_t rows = r.decode.rows + r.longCtx.rows;
     const int64_t agree = r.decode.argmaxAgree + r.longCtx.argmaxAgree;
-    std::printf("[kv] %s %s/%s: worst relative error %.3e, greedy agreement %lld/%lld\n", arch.c_str(),
-                std::string(kvDTypeName(cs.dt)).c_str(), std::string(kvCompressName(cs.c)).c_str(), worst,
-                (long long)agree, (long long)rows);
+    std::printf("[kv] %s %s %s/%s: worst relative error %.3e, greedy agreement %lld/%lld\n", backend.c_str(),
+                arch.c_str(), std::string(kvDTypeName(cs.dt)).c_str(), std::string(kvCompressName(cs.c)).c_str(),
+                worst, (long long)agree, (long long)rows);
     EXPECT_LE(worst, cs.bound) << kvDTypeName(cs.dt);
     EXPECT_LE(worst, 5e-2);
     EXPECT_GE(double(agree), 0.95 * double(rows)) << kvDTypeName(cs.dt);
@@ -129,6 +129,15 @@ TEST_P(TieredKV, CompressedKVWithinDocumentedBounds) {
     EXPECT_EQ(st["host"]["bytes_per_token"].get<double>(),
               kvBytesPerToken(e->model().kvShapes(), cs.dt, 16));
   }
+}
+
+TEST_P(TieredKV, CompressedKVWithinDocumentedBounds) { expectCompressedKVWithinDocumentedBounds(GetParam(), "cpu"); }
+
+// The same on the GPU (issue #8): blocks sealed, spilled and decoded by the CUDA backend's kernels.
+TEST_P(TieredKV, CompressedKVOnCudaWithinDocumentedBounds) {
+  std::string why;
+  if (cudaDeviceCount(&why) <= 0) GTEST_SKIP() << "no usable GPU: " << why;
+  expectCompressedKVWithinDocumentedBounds(GetParam(), "cuda");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TieredKV, ::testing::Values("llama", "qwen3_moe"));

@@ -31,6 +31,7 @@
 #include "backend/gpu_bandwidth.h"
 #include "core/error.h"
 #include "core/trace.h"
+#include "kv/kv_codec.h"
 
 namespace doppler {
 
@@ -655,6 +656,13 @@ class CudaBackend final : public Backend {
     std::memcpy(out, pick_.host, size_t(rows) * sizeof(int32_t));
   }
 
+  void encodeKVBlock(const kv::BlockFormat& f, const float* k, const float* v, uint8_t* dst) override {
+    ck(cuda::kvEncode(kvArgs(f), k, v, dst, stream_), "encodeKVBlock");
+  }
+  void decodeKVBlock(const kv::BlockFormat& f, const uint8_t* src, float* k, float* v) override {
+    ck(cuda::kvDecode(kvArgs(f), src, k, v, stream_), "decodeKVBlock");
+  }
+
   bool devicePicks() const override { return true; }
   void pickToDevice(const float* x, int64_t n, int32_t* dev, int slot) override {
     check(slot == 0 || slot == 1, "pickToDevice: slot {} (0 or 1)", slot);
@@ -723,6 +731,21 @@ class CudaBackend final : public Backend {
     }
     m.count = count;
     return true;
+  }
+  static cuda::KVBlockArgs kvArgs(const kv::BlockFormat& f) {
+    cuda::KVBlockArgs a{};
+    switch (f.dtype) {
+      case KVDType::F32: a.type = cuda::kKVF32; break;
+      case KVDType::F16: a.type = cuda::kKVF16; break;
+      case KVDType::BF16: a.type = cuda::kKVBF16; break;
+      case KVDType::Int8: a.type = cuda::kKVInt8; break;
+    }
+    a.rows = f.tokens * f.heads;
+    a.kDim = f.kDim;
+    a.vDim = f.vDim;
+    a.vOffset = int64_t(f.vOffset());
+    a.scaleOffset = int64_t(f.scaleOffset());
+    return a;
   }
   static int multiType(DType dt) { return dt == DType::F32 ? cuda::kF32 : dt == DType::F16 ? cuda::kF16 : cuda::kBF16; }
 

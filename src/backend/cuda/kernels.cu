@@ -977,6 +977,94 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp, 6) moeDown(const float* __
   }
 }
 
+// ---------------------------------------------------------------- KV cache blocks (kv/kv_codec.h)
+
+// The calling warp's row of a block (one warp per row: K rows [0, rows), then V rows [rows, 2 rows)): its index r
+// (also its scale's), length, first element in its f32 tensor and first payload byte. False when the warp has none.
+__device__ __forceinline__ bool kvWarpRow(const KVBlockArgs& a, int64_t* r, int64_t* dim, int64_t* elem0,
+                                          int64_t* payload0) {
+  *r = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (*r >= (a.vDim > 0 ? 2 : 1) * a.rows) return false;
+  const bool isV = *r >= a.rows;
+  const int64_t rr = isV ? *r - a.rows : *r;
+  *dim = isV ? a.vDim : a.kDim;
+  *elem0 = rr * *dim;
+  const int es = a.type == kKVF32 ? 4 : a.type == kKVInt8 ? 1 : 2;
+  *payload0 = (isV ? a.vOffset : 0) + rr * *dim * es;
+  return true;
+}
+
+__device__ __forceinline__ uint16_t bf16Bits(float f) {  // core/dtype.h's f32ToBf16
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+// One warp per row (K rows, then V rows).
+__global__ void kvEncodeKernel(const KVBlockArgs a, const float* __restrict__ k, const float* __restrict__ v,
+                               uint8_t* __restrict__ dst) {
+  pdlBegin();
+  int64_t r, dim, e0, p0;
+  if (!kvWarpRow(a, &r, &dim, &e0, &p0)) return;
+  const int lane = threadIdx.x % kWarp;
+  const float* x = (r >= a.rows ? v : k) + e0;
+  uint8_t* out = dst + p0;
+  switch (a.type) {
+    case kKVF32:
+      for (int64_t d = lane; d < dim; d += kWarp) reinterpret_cast<float*>(out)[d] = x[d];
+      break;
+    case kKVF16:
+      for (int64_t d = lane; d < dim; d += kWarp) reinterpret_cast<__half*>(out)[d] = __float2half_rn(x[d]);
+      break;
+    case kKVBF16:
+      for (int64_t d = lane; d < dim; d += kWarp) reinterpret_cast<uint16_t*>(out)[d] = bf16Bits(x[d]);
+      break;
+    default: {  // int8, symmetric per row
+      float amax = 0.0f;
+      for (int64_t d = lane; d < dim; d += kWarp) amax = fmaxf(amax, fabsf(x[d]));
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      const float scale = amax / 127.0f;
+      const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+      for (int64_t d = lane; d < dim; d += kWarp)
+        reinterpret_cast<int8_t*>(out)[d] = int8_t(fminf(fmaxf(rintf(x[d] * inv), -127.0f), 127.0f));
+      if (lane == 0) {  // the scales' offset need not be 4-byte aligned
+        const uint32_t bits = __float_as_uint(scale);
+        uint8_t* sp = dst + a.scaleOffset + r * 4;
+        for (int b = 0; b < 4; b++) sp[b] = uint8_t(bits >> (8 * b));
+      }
+    }
+  }
+}
+
+__global__ void kvDecodeKernel(const KVBlockArgs a, const uint8_t* __restrict__ src, float* __restrict__ k,
+                               float* __restrict__ v) {
+  pdlBegin();
+  int64_t r, dim, e0, p0;
+  if (!kvWarpRow(a, &r, &dim, &e0, &p0)) return;
+  const int lane = threadIdx.x % kWarp;
+  float* y = (r >= a.rows ? v : k) + e0;
+  const uint8_t* in = src + p0;
+  switch (a.type) {
+    case kKVF32:
+      for (int64_t d = lane; d < dim; d += kWarp) y[d] = reinterpret_cast<const float*>(in)[d];
+      break;
+    case kKVF16:
+      for (int64_t d = lane; d < dim; d += kWarp) y[d] = __half2float(reinterpret_cast<const __half*>(in)[d]);
+      break;
+    case kKVBF16:
+      for (int64_t d = lane; d < dim; d += kWarp) y[d] = bf16ToF32(reinterpret_cast<const uint16_t*>(in)[d]);
+      break;
+    default: {
+      const uint8_t* sp = src + a.scaleOffset + r * 4;
+      const float scale = __uint_as_float(uint32_t(sp[0]) | uint32_t(sp[1]) << 8 | uint32_t(sp[2]) << 16 |
+                                          uint32_t(sp[3]) << 24);
+      for (int64_t d = lane; d < dim; d += kWarp) y[d] = float(reinterpret_cast<const int8_t*>(in)[d]) * scale;
+    }
+  }
+}
+
 unsigned blocksFor(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
 thread_local LaunchSink* tSink = nullptr;
@@ -1185,6 +1273,20 @@ cudaError_t argmax(const float* x, int64_t rows, int64_t n, float* pv, int* pi, 
                    cudaStream_t s) {
   if (rows <= 0 || n <= 0) return cudaSuccess;
   launch(argmaxKernel, dim3(unsigned(argmaxBlocks(n)), unsigned(rows)), 256, 0, s, x, n, pv, pi, counter, out);
+  return cudaGetLastError();
+}
+
+cudaError_t kvEncode(const KVBlockArgs& a, const float* k, const float* v, uint8_t* dst, cudaStream_t s) {
+  const int64_t rows = (a.vDim > 0 ? 2 : 1) * a.rows;
+  if (rows <= 0) return cudaSuccess;
+  launch(kvEncodeKernel, blocksFor(rows, 8), 256, 0, s, a, k, v, dst);
+  return cudaGetLastError();
+}
+
+cudaError_t kvDecode(const KVBlockArgs& a, const uint8_t* src, float* k, float* v, cudaStream_t s) {
+  const int64_t rows = (a.vDim > 0 ? 2 : 1) * a.rows;
+  if (rows <= 0) return cudaSuccess;
+  launch(kvDecodeKernel, blocksFor(rows, 8), 256, 0, s, a, src, k, v);
   return cudaGetLastError();
 }
 

@@ -153,6 +153,19 @@ cudaError_t gatherRows(const float* src, const int64_t* rows, int64_t count, int
 cudaError_t scatterAddRows(const float* src, const int64_t* rows, const float* w, int64_t count, int64_t dim,
                            float* dst, cudaStream_t s);
 
+// KV cache blocks (kv/kv_codec.h): rows = tokens * heads; K rows of kDim then V rows of vDim (none when 0) in the
+// payload type (kKV*), then for int8 the K and V scales [rows] f32 at scaleOffset (which need not be 4-byte
+// aligned). Every conversion rounds as the host codec does (nearest even; int8: scale = max |x| / 127 per row), so
+// the bytes equal kv::encodeBlock's.
+enum KVType : int { kKVF32 = 0, kKVF16 = 1, kKVBF16 = 2, kKVInt8 = 3 };
+struct KVBlockArgs {
+  int type;  // KVType
+  int64_t rows, kDim, vDim;
+  int64_t vOffset, scaleOffset;  // bytes
+};
+cudaError_t kvEncode(const KVBlockArgs& a, const float* k, const float* v, uint8_t* dst, cudaStream_t s);
+cudaError_t kvDecode(const KVBlockArgs& a, const uint8_t* src, float* k, float* v, cudaStream_t s);
+
 cudaError_t swiglu(const float* gate, const float* up, int64_t n, float limit, float alpha, float* out, cudaStream_t s);
 cudaError_t copyDevice(void* dst, const void* src, size_t bytes, cudaStream_t s);  // a kernel, not a memcpy
 cudaError_t axpy(float a, const float* x, int64_t n, float* y, cudaStream_t s);
