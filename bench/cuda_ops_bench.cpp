@@ -10,10 +10,12 @@
 #include <functional>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "core/dtype.h"
+#include "engine/sampler.h"
 
 using namespace doppler;
 
@@ -134,6 +136,32 @@ int main() {
          [&] { b->copy(hostAll.data(), Tier::Host, logits, Tier::Device, hostAll.size() * 4); }, 50);
   int32_t pick = 0;
   timeOp(*b, "argmax 151936 (waits)", [&] { b->argmax(logits, 1, V, &pick); });
+  // The next token with the run command's default sampling (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05): drawn
+  // on the device (pickToDevice + waiting for the id), or the logits copied to the host and sampled there.
+  {
+    int32_t* dev = static_cast<int32_t*>(b->allocate(Tier::Device, 4));
+    SamplerConfig sc{.temperature = 0.8f, .topK = 40, .topP = 0.95f, .minP = 0.05f, .seed = 1};
+    Sampler sampler(sc);
+    std::vector<int32_t> ctx;
+    for (int64_t n : {int64_t(4096), int64_t(32768), V}) {
+      const std::string sz = std::to_string(n);
+      timeOp(*b, ("pick on device " + sz + " (waits)").c_str(), [&] {
+        b->pickToDevice(logits, n, dev, 0);
+        b->pickResult(0);
+      });
+      timeOp(*b, ("sample on device " + sz + " (waits)").c_str(), [&] {
+        const DeviceSampling ds = sampler.nextDeviceSampling();
+        b->pickToDevice(logits, n, dev, 0, &ds);
+        b->pickResult(0);
+      });
+      std::vector<float> host(static_cast<size_t>(n));
+      timeOp(*b, ("sample on host " + sz + " (copy + sample)").c_str(), [&] {
+        b->copy(host.data(), Tier::Host, logits, Tier::Device, host.size() * 4);
+        sampler.sample(host, ctx);
+      }, 50);
+    }
+    b->release(Tier::Device, dev, 4);
+  }
   // Prefill GEMMs: cuBLAS (three bf16 parts of x) against our tiled kernel (a backend made with DOPPLER_CUBLAS=0):
   // attention's q [4096, 2048] and one Qwen3 expert's FFN (gate and up [768, 2048], down [2048, 768]) for n rows.
   ::setenv("DOPPLER_CUBLAS", "0", 1);

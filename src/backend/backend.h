@@ -55,6 +55,16 @@ struct ExpertCall {
   float weight = 0;           // routing weight
 };
 
+// Sampling a backend may do on the device (Backend::pickToDevice): engine/sampler.cpp's steps for temperature > 0
+// with top-k on and no repetition penalty: the topK best of logits / temperature (ties: lower index), their softmax
+// (double), top-p, min-p and the draw u.
+struct DeviceSampling {
+  float temperature = 1.0f;  // > 0
+  int topK = 0;              // 1 .. Backend::deviceSamplingTopK()
+  float topP = 1.0f, minP = 0.0f;
+  double u = 0;              // the sampler's uniform draw in [0, 1) for this token
+};
+
 // Decode steps recorded and replayed as GPU graphs (Backend::beginStep; the CUDA backend's GraphRecorder).
 struct GraphStats {
   uint64_t steps = 0;        // steps recorded as graphs (beginStep .. endStep)
@@ -168,13 +178,16 @@ class Backend {
   // std::max_element picks it (NaN never wins, but a NaN at index 0 stays: firstMaxIndex). out is host memory;
   // waits for the result, so only rows * 4 bytes cross to the host. Default: reads the rows on the host.
   virtual void argmax(const float* x, int64_t rows, int64_t n, int32_t* out);
-  // ---- greedy decoding with the token kept on the device (Model::decodeGreedy) ----
+  // ---- decoding with the token kept on the device (Model::decodeGreedy, decodeSampled) ----
   // True when pickToDevice, pickResult and embedDevice work: a step's pick then feeds the next step's embedding on
   // the device, and the host may issue step i+1 before step i's token has reached it. Default: false (CPU backend).
   virtual bool devicePicks() const { return false; }
-  // *dev (device memory) = firstMaxIndex(x[0..n)) as argmax picks it; the same index starts for the host without
-  // waiting: pickResult(slot) waits for it and returns it. slot: 0 or 1 (two picks may be in flight).
-  virtual void pickToDevice(const float* x, int64_t n, int32_t* dev, int slot);
+  // *dev (device memory) = firstMaxIndex(x[0..n)) as argmax picks it, or with `sampling` the token Sampler::sample
+  // draws; the same index starts for the host without waiting: pickResult(slot) waits for it and returns it. slot: 0
+  // or 1 (two picks may be in flight).
+  virtual void pickToDevice(const float* x, int64_t n, int32_t* dev, int slot, const DeviceSampling* sampling = nullptr);
+  // The largest top-k pickToDevice samples with; 0: it picks greedily only.
+  virtual int deviceSamplingTopK() const { return 0; }
   virtual int32_t pickResult(int slot);
   // embed() with ids [n] in device memory (not checked on the host: an id outside the table gives a row of NaN).
   virtual void embedDevice(const WeightView& table, const int32_t* ids, int64_t n, float* out);

@@ -69,7 +69,7 @@ void Backend::argmax(const float* x, int64_t rows, int64_t n, int32_t* out) {
   for (int64_t r = 0; r < rows; r++) out[r] = firstMaxIndex(x + r * n, n);
 }
 
-void Backend::pickToDevice(const float*, int64_t, int32_t*, int) {
+void Backend::pickToDevice(const float*, int64_t, int32_t*, int, const DeviceSampling*) {
   fail("backend {} keeps no picks on the device (devicePicks() is false)", name());
 }
 int32_t Backend::pickResult(int) { fail("backend {} keeps no picks on the device (devicePicks() is false)", name()); }

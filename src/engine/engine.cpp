@@ -38,16 +38,28 @@ class TimedModel final : public Model {
   }
   int64_t decodeGreedy(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
                        const std::function<bool(int32_t)>& onToken) override {
-    auto t0 = std::chrono::steady_clock::now();  // each token counts the time since the previous one arrived
-    return inner_->decodeGreedy(tok, pos, steps, kv, [&](int32_t t) {
-      count(1, t0);
-      t0 = std::chrono::steady_clock::now();
-      return onToken(t);
-    });
+    auto t0 = std::chrono::steady_clock::now();
+    return inner_->decodeGreedy(tok, pos, steps, kv, timed(onToken, t0));
   }
+  int64_t decodeSampled(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                        const std::function<bool(int32_t)>& onToken,
+                        const std::function<DeviceSampling()>& sampling) override {
+    auto t0 = std::chrono::steady_clock::now();
+    return inner_->decodeSampled(tok, pos, steps, kv, timed(onToken, t0), sampling);
+  }
+  int deviceSamplingTopK() const override { return inner_->deviceSamplingTopK(); }
   void setHostBackend(Backend* host) override { inner_->setHostBackend(host); }
 
  private:
+  // onToken, counting each token with the time since the previous one arrived (t0: the decoding's start).
+  std::function<bool(int32_t)> timed(const std::function<bool(int32_t)>& onToken,
+                                     std::chrono::steady_clock::time_point& t0) {
+    return [this, &onToken, &t0](int32_t t) {
+      count(1, t0);
+      t0 = std::chrono::steady_clock::now();
+      return onToken(t);
+    };
+  }
   void count(int64_t n, std::chrono::steady_clock::time_point t0) {
     c_->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     c_->tokens += n;

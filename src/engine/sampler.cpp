@@ -23,6 +23,16 @@ Sampler::Sampler(const SamplerConfig& cfg) : cfg_(cfg), rng_(cfg.seed) { validat
 
 double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }
 
+DeviceSampling Sampler::nextDeviceSampling() {
+  DeviceSampling s;
+  s.temperature = cfg_.temperature;
+  s.topK = int(cfg_.topK);
+  s.topP = cfg_.topP;
+  s.minP = cfg_.minP;
+  s.u = uniform();
+  return s;
+}
+
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> context) {
   const int64_t V = int64_t(logits.size());
   check(V > 0, "sampler: empty logits");

@@ -470,16 +470,31 @@ DecoderModel::~DecoderModel() {
   if (picks_) backend_.release(Tier::Device, picks_, 2 * sizeof(int32_t));
 }
 
-// Step i's input is step i - 1's pick, read on the device; the host issues step i + 1 before it waits for step i's
-// token (the pick slots alternate, so step i + 1 writes the slot step i - 1 used, whose token the host already has).
 int64_t DecoderModel::decodeGreedy(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
                                    const std::function<bool(int32_t)>& onToken) {
   if (!backend_.devicePicks()) return Model::decodeGreedy(tok, pos, steps, kv, onToken);
+  return decodeOnDevice(tok, pos, steps, kv, onToken, {});
+}
+
+int64_t DecoderModel::decodeSampled(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                                    const std::function<bool(int32_t)>& onToken,
+                                    const std::function<DeviceSampling()>& sampling) {
+  check(deviceSamplingTopK() > 0, "backend {} cannot sample on the device", backend_.name());
+  return decodeOnDevice(tok, pos, steps, kv, onToken, sampling);
+}
+
+// Step i's input is step i - 1's pick, read on the device; the host issues step i + 1 before it waits for step i's
+// token (the pick slots alternate, so step i + 1 writes the slot step i - 1 used, whose token the host already has).
+int64_t DecoderModel::decodeOnDevice(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                                     const std::function<bool(int32_t)>& onToken,
+                                     const std::function<DeviceSampling()>& sampling) {
   steps = std::min(steps, kv.capacity() - pos);
   if (steps <= 0) return 0;
   if (!picks_) picks_ = static_cast<int32_t*>(backend_.allocate(Tier::Device, 2 * sizeof(int32_t)));
   auto issue = [&](int64_t i) {
-    const DevicePick p{i == 0 ? nullptr : picks_ + (i - 1) % 2, picks_ + i % 2, int(i % 2)};
+    DeviceSampling s;
+    if (sampling) s = sampling();  // step i's draw: drawn in step order
+    const DevicePick p{i == 0 ? nullptr : picks_ + (i - 1) % 2, picks_ + i % 2, int(i % 2), sampling ? &s : nullptr};
     run(&tok, 1, pos + i, kv, false, nullptr, nullptr, &p);
   };
   issue(0);
@@ -548,7 +563,7 @@ void DecoderModel::run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv,
   DeviceArray out(backend_, size_t(rows * V));
   backend_.matmul(a.h.data(), rows, lmHead_, lmHeadBias_.ptr(), out.data());
   if (pick)
-    backend_.pickToDevice(out.data(), V, pick->out, pick->slot);
+    backend_.pickToDevice(out.data(), V, pick->out, pick->slot, pick->sampling);
   else if (greedy)
     backend_.argmax(out.data(), 1, V, greedy);
   else

@@ -65,20 +65,29 @@ class DecoderModel : public Model {
   int32_t forwardGreedy(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv) override;
   int64_t decodeGreedy(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
                        const std::function<bool(int32_t)>& onToken) override;
+  int64_t decodeSampled(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                        const std::function<bool(int32_t)>& onToken,
+                        const std::function<DeviceSampling()>& sampling) override;
+  int deviceSamplingTopK() const override { return backend_.devicePicks() ? backend_.deviceSamplingTopK() : 0; }
   void setHostBackend(Backend* host) override { host_ = host; }
   ~DecoderModel() override;
 
  private:
-  // A decode step whose token stays on the device (decodeGreedy): the input id is read from device memory `in`
-  // (nullptr: the host ids), the pick goes to device memory `out` and starts for the host in pick slot `slot`.
+  // A decode step whose token stays on the device (decodeGreedy, decodeSampled): the input id is read from device
+  // memory `in` (nullptr: the host ids), the pick (or with `sampling` the sampled token) goes to device memory `out`
+  // and starts for the host in pick slot `slot`.
   struct DevicePick {
     const int32_t* in = nullptr;
     int32_t* out = nullptr;
     int slot = 0;
+    const DeviceSampling* sampling = nullptr;
   };
+  // The pipelined loop of decodeGreedy / decodeSampled (sampling empty: greedy).
+  int64_t decodeOnDevice(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                         const std::function<bool(int32_t)>& onToken, const std::function<DeviceSampling()>& sampling);
   void run(const int32_t* ids, int64_t n, int64_t pos0, KVCache& kv, bool allLogits, float* logits, int32_t* greedy,
            const DevicePick* pick = nullptr);
-  int32_t* picks_ = nullptr;  // decodeGreedy's two device token slots (backend device memory)
+  int32_t* picks_ = nullptr;  // decodeOnDevice's two device token slots (backend device memory)
 
  protected:
   // One layer: reads the residual stream (a.x, plus a.out when a.pending) and leaves it in a.x, or as a.x + a.out

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "core/error.h"
 #include "format/hf_config.h"
 #include "kv/kv_cache.h"
 #include "loader/weights.h"
@@ -46,6 +47,16 @@ class Model {
     }
     return i;
   }
+  // decodeGreedy with sampling instead of the greedy pick, on the device: `sampling` gives each step's parameters and
+  // its uniform draw, called once per step in step order (engine/sampler.h draws them). Only where
+  // deviceSamplingTopK() covers the top-k (Error otherwise).
+  virtual int64_t decodeSampled(int32_t tok, int64_t pos, int64_t steps, KVCache& kv,
+                                const std::function<bool(int32_t)>& onToken,
+                                const std::function<DeviceSampling()>& sampling) {
+    fail("this model's backend cannot sample on the device");
+  }
+  // The largest top-k decodeSampled can sample with (0: none).
+  virtual int deviceSamplingTopK() const { return 0; }
   // Hybrid execution (GPU backends with paged experts): a backend that computes on host memory with the host CPU,
   // for the experts the weight provider gives to the host (WeightProvider::splitExperts). nullptr: none.
   virtual void setHostBackend(Backend* host) {}

@@ -12,6 +12,7 @@
 #include "backend/cpu/mxfp4.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "engine/sampler.h"
 #include "kv/kv_codec.h"
 
 using namespace doppler;
@@ -262,6 +263,40 @@ TEST_F(CudaOps, MatmulAddAddsIntoY) {
         gpu->matmulAdd(up(x), n, dw, up(bias), y);
         EXPECT_LT(relErr(down(y, ref.size()), ref), kTol)
             << dtypeName(dt) << " " << layoutName(layout) << " n " << n << " seed " << seed;
+      }
+    }
+  }
+}
+
+// Sampling on the device (Backend::pickToDevice with DeviceSampling) draws the token engine/sampler.cpp draws from
+// the same logits with the same seed: temperature, top-k (up to the backend's 64), top-p, min-p; logits with many
+// ties (rounded to halves) check the order of equal candidates.
+TEST_F(CudaOps, SamplingOnDeviceMatchesSampler) {
+  const int maxK = gpu->deviceSamplingTopK();
+  ASSERT_GE(maxK, 40);
+  struct Case { float temp; int64_t topK; float topP, minP; };
+  int32_t* dev = reinterpret_cast<int32_t*>(poisoned(1));
+  for (int64_t V : {1000, 151936}) {
+    for (Case c : {Case{0.8f, 40, 0.95f, 0.05f}, Case{1.3f, maxK, 1.0f, 0.0f}, Case{0.5f, 1, 1.0f, 0.0f},
+                   Case{1.0f, 10, 0.5f, 0.2f}}) {
+      for (bool ties : {false, true}) {
+        const uint32_t seed = nextSeed();
+        SamplerConfig sc{.temperature = c.temp, .topK = c.topK, .topP = c.topP, .minP = c.minP, .seed = seed};
+        Sampler host(sc), device(sc);
+        ASSERT_TRUE(device.onDevice(maxK));
+        for (int draw = 0; draw < 40; draw++) {
+          auto logits = randn(size_t(V), seed * 7 + uint32_t(draw), 3.0f);
+          if (ties)
+            for (auto& l : logits) l = std::round(l * 2.0f) / 2.0f;
+          const float* x = up(logits);
+          const DeviceSampling ds = device.nextDeviceSampling();
+          gpu->pickToDevice(x, V, dev, draw % 2, &ds);
+          const int32_t got = gpu->pickResult(draw % 2);
+          std::vector<int32_t> ctx;
+          const int32_t want = host.sample(logits, ctx);
+          ASSERT_EQ(got, want) << "V " << V << " temp " << c.temp << " top-k " << c.topK << " top-p " << c.topP
+                               << " min-p " << c.minP << " ties " << ties << " draw " << draw << " seed " << seed;
+        }
       }
     }
   }

@@ -12,6 +12,7 @@
 #include "convert/convert.h"
 #include "engine/engine.h"
 #include "engine/eval.h"
+#include "engine/sampler.h"
 #include "kv/kv_cache.h"
 #include "loader/placement.h"
 #include "parity_case.h"
@@ -152,6 +153,36 @@ TEST_P(CudaParity, GreedyPickOnDeviceMatchesLogits) {
   auto compressed = Engine::open(m, eo);
   test::expectGreedyMatchesLogits(*compressed, 24);
   EXPECT_GT(compressed->stats()["kv"]["spilled_blocks"].get<int64_t>(), 0);
+}
+
+// Sampled decoding on the GPU (Model::decodeSampled, pipelined, the token drawn on the device) follows the host's
+// sampler on the logits of the same steps: a 5-token prefill, then 24 steps fed back their own token, same seed.
+TEST_P(CudaParity, SampledOnDeviceMatchesHostSampler) {
+  TempDir tmp;
+  const std::string m = convert(tmp);
+  auto engine = Engine::open(m, gpuOptions());
+  Model& model = engine->model();
+  const int64_t V = model.config().vocabSize, steps = 24;
+  ASSERT_GE(model.deviceSamplingTopK(), 40);
+  const SamplerConfig sc{.temperature = 0.9f, .topK = 40, .topP = 0.95f, .minP = 0.02f, .seed = 7};
+  Sampler host(sc), device(sc);
+  const int32_t prompt[5] = {1, 2, 3, int32_t(V / 2), int32_t(V - 1)};
+  std::vector<float> logits(static_cast<size_t>(V));
+  std::vector<int32_t> want, got, ctx;
+  auto kvHost = engine->newKVCache(steps + 8), kvDev = engine->newKVCache(steps + 8);
+  model.forward(prompt, 5, 0, *kvHost, false, logits.data());
+  const int32_t first = host.sample(logits, ctx);
+  for (int64_t i = 0; i < steps; i++) {
+    const int32_t in = i == 0 ? first : want.back();
+    model.forward(&in, 1, 5 + i, *kvHost, false, logits.data());
+    want.push_back(host.sample(logits, ctx));
+  }
+  model.forward(prompt, 5, 0, *kvDev, false, logits.data());
+  ASSERT_EQ(device.sample(logits, ctx), first);
+  EXPECT_EQ(model.decodeSampled(first, 5, steps, *kvDev, [&](int32_t t) { return got.push_back(t), true; },
+                                [&] { return device.nextDeviceSampling(); }),
+            steps);
+  EXPECT_EQ(got, want);
 }
 
 // Through the CLI, as the issue asks: `doppler eval --backend cuda` at 1e-4.

@@ -615,15 +615,16 @@ class CudaBackend final : public Backend {
        "scatterAddRows");
   }
 
-  // argmax's scratch for `rows` rows of n values (grown when needed) and device results [rows].
+  // argmax's scratch for `rows` rows of n values (grown when needed) and device results [rows]; perBlock: candidates
+  // each block keeps (sampling's top-k).
   struct PickBuffers {
     float* pv;
     int* pi;
     unsigned* counter;
     int32_t* res;
   };
-  PickBuffers pickBuffers(int64_t n, int64_t rows) {
-    const size_t parts = size_t(rows) * size_t(cuda::argmaxBlocks(n));
+  PickBuffers pickBuffers(int64_t n, int64_t rows, int perBlock = 1) {
+    const size_t parts = size_t(rows) * size_t(cuda::argmaxBlocks(n)) * size_t(perBlock);
     if (parts > pick_.parts || size_t(rows) > pick_.rows) {  // grown (rarely): recorded ops may name the old one
       if (recordingHere()) flushRecorded();
       ck(cudaStreamSynchronize(stream_), "argmax: synchronize");
@@ -664,11 +665,23 @@ class CudaBackend final : public Backend {
   }
 
   bool devicePicks() const override { return true; }
-  void pickToDevice(const float* x, int64_t n, int32_t* dev, int slot) override {
+  int deviceSamplingTopK() const override { return cuda::kMaxSampleTopK; }
+  void pickToDevice(const float* x, int64_t n, int32_t* dev, int slot, const DeviceSampling* sampling) override {
     check(slot == 0 || slot == 1, "pickToDevice: slot {} (0 or 1)", slot);
     check(n > 0 && n <= INT32_MAX, "pickToDevice: {} values", n);
-    const PickBuffers pb = pickBuffers(n, 1);
-    ck(cuda::argmax(x, 1, n, pb.pv, pb.pi, pb.counter, dev, stream_), "pickToDevice");
+    if (sampling) {
+      check(sampling->temperature > 0 && sampling->topK >= 1 && sampling->topK <= cuda::kMaxSampleTopK &&
+                sampling->topK <= n,
+            "pickToDevice: sampling with temperature {} and top-k {} (device sampling needs temperature > 0 and "
+            "top-k 1..{})",
+            sampling->temperature, sampling->topK, std::min<int64_t>(n, cuda::kMaxSampleTopK));
+      const PickBuffers pb = pickBuffers(n, 1, sampling->topK);
+      const cuda::SampleArgs a{sampling->temperature, sampling->topK, sampling->topP, sampling->minP, sampling->u};
+      ck(cuda::sample(x, n, a, pb.pv, pb.pi, pb.counter, dev, stream_), "pickToDevice (sampling)");
+    } else {
+      const PickBuffers pb = pickBuffers(n, 1);
+      ck(cuda::argmax(x, 1, n, pb.pv, pb.pi, pb.counter, dev, stream_), "pickToDevice");
+    }
     if (recordingHere()) flushRecorded();  // the recorded step up to here, then the 4-byte copy (no wait)
     if (!pickSlots_) {
       ck(cudaHostAlloc(reinterpret_cast<void**>(&pickSlots_), 2 * sizeof(int32_t), cudaHostAllocPortable),

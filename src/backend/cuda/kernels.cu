@@ -749,6 +749,122 @@ __global__ void __launch_bounds__(256) argmaxKernel(const float* __restrict__ x,
   }
 }
 
+// ---------------------------------------------------------------- sampling (engine/sampler.cpp's steps)
+
+// The best (v, i) among the `count` entries [k0, count) stepping by `step` of (value(k), index(k)) that rank strictly
+// below (lv, li) in the order of beats(), valid in thread 0; every thread must call it.
+template <class Get>
+__device__ void bestBelow(int64_t k0, int64_t count, int64_t step, float lv, int li, const Get& get, float& v, int& i) {
+  v = -INFINITY;
+  i = INT_MAX;
+  for (int64_t k = k0; k < count; k += step) {
+    float e;
+    int ei;
+    get(k, e, ei);
+    if (beats(lv, li, e, ei) && beats(e, ei, v, i)) {
+      v = e;
+      i = ei;
+    }
+  }
+  blockBest(v, i);
+}
+
+// The block's K best (v, i) of get() over its entries, in order, into cv / ci [K] (ci = INT_MAX past the valid
+// ones): K rounds, each taking the best entry ranked below the previous round's.
+template <class Get>
+__device__ void blockTopK(int64_t k0, int64_t count, int64_t step, int K, const Get& get, float* cv, int* ci) {
+  __shared__ float wv;
+  __shared__ int wi;
+  float lv = INFINITY;
+  int li = -1;
+  for (int r = 0; r < K; r++) {
+    float v;
+    int i;
+    bestBelow(k0, count, step, lv, li, get, v, i);
+    if (threadIdx.x == 0) {
+      cv[r] = wv = v;
+      ci[r] = wi = i;
+    }
+    __syncthreads();
+    lv = wv;
+    li = wi;
+  }
+}
+
+// grid (B): Sampler::sample for one row of logits x[0, n) with temperature > 0 and 1 <= topK <= kMaxSampleTopK:
+// block b's topK best of x[k] / temperature (k = b*256 + t + j*B*256; ties to the lower index) go to pv / pi
+// [b * topK ...]; the last block to finish (counter, zero between launches) takes the topK best of those, then
+// thread 0 runs the sampler's double-precision softmax, top-p, min-p and draw (u) over them in its order.
+__global__ void __launch_bounds__(256) sampleKernel(const float* __restrict__ x, int64_t n, SampleArgs s, float* pv,
+                                                     int* pi, unsigned* counter, int32_t* out) {
+  pdlBegin();
+  const int B = int(gridDim.x), K = s.topK;
+  __shared__ float cv[kMaxSampleTopK];
+  __shared__ int ci[kMaxSampleTopK];
+  blockTopK(int64_t(blockIdx.x) * blockDim.x + threadIdx.x, n, int64_t(B) * blockDim.x, K,
+            [&](int64_t k, float& e, int& ei) {
+              e = x[k] / s.temperature;
+              ei = int(k);
+            },
+            pv + int64_t(blockIdx.x) * K, pi + int64_t(blockIdx.x) * K);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    __threadfence();  // the candidates are visible before the counter says so
+    last = atomicAdd(counter, 1u) == unsigned(B - 1);
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const volatile float* vpv = pv;
+  const volatile int* vpi = pi;
+  blockTopK(threadIdx.x, int64_t(B) * K, blockDim.x, K,
+            [&](int64_t k, float& e, int& ei) {
+              e = vpv[k];
+              ei = vpi[k];
+            },
+            cv, ci);
+  if (threadIdx.x != 0) return;
+  *counter = 0;
+  int kept = 0;
+  while (kept < K && ci[kept] != INT_MAX) kept++;
+  if (kept == 0) {  // every logit NaN
+    *out = 0;
+    return;
+  }
+  double p[kMaxSampleTopK];
+  const float m = cv[0];
+  double sum = 0;
+  for (int j = 0; j < kept; j++) sum += (p[j] = exp(double(cv[j] - m)));
+  for (int j = 0; j < kept; j++) p[j] /= sum;
+  int cnt = kept;
+  if (s.topP < 1.0f) {  // smallest prefix with mass >= top_p
+    double cum = 0;
+    int j = 0;
+    while (j < cnt) {
+      cum += p[j++];
+      if (cum >= s.topP) break;
+    }
+    cnt = j;
+  }
+  if (s.minP > 0) {
+    const double thr = s.minP * p[0];
+    int j = 1;
+    while (j < cnt && p[j] >= thr) j++;
+    cnt = j;
+  }
+  double total = 0;
+  for (int j = 0; j < cnt; j++) total += p[j];
+  double r = s.u * total;
+  for (int j = 0; j < cnt; j++) {
+    r -= p[j];
+    if (r < 0) {
+      *out = ci[j];
+      return;
+    }
+  }
+  *out = ci[cnt - 1];
+}
+
 // ---------------------------------------------------------------- cuBLAS prefill helpers
 
 __device__ __forceinline__ uint16_t bf16Round(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
@@ -1273,6 +1389,13 @@ cudaError_t argmax(const float* x, int64_t rows, int64_t n, float* pv, int* pi, 
                    cudaStream_t s) {
   if (rows <= 0 || n <= 0) return cudaSuccess;
   launch(argmaxKernel, dim3(unsigned(argmaxBlocks(n)), unsigned(rows)), 256, 0, s, x, n, pv, pi, counter, out);
+  return cudaGetLastError();
+}
+
+cudaError_t sample(const float* x, int64_t n, const SampleArgs& a, float* pv, int* pi, unsigned* counter,
+                   int32_t* out, cudaStream_t s) {
+  if (n <= 0 || a.topK < 1 || a.topK > kMaxSampleTopK || !(a.temperature > 0)) return cudaErrorInvalidValue;
+  launch(sampleKernel, unsigned(argmaxBlocks(n)), 256, 0, s, x, n, a, pv, pi, counter, out);
   return cudaGetLastError();
 }
 

@@ -140,6 +140,20 @@ int argmaxBlocks(int64_t n);
 cudaError_t argmax(const float* x, int64_t rows, int64_t n, float* pv, int* pi, unsigned* counter, int32_t* out,
                    cudaStream_t s);
 
+// Sampling one row of logits x[0, n) as engine/sampler.cpp does with temperature > 0, 1 <= topK <= kMaxSampleTopK
+// (no repetition penalty): the topK best of x / temperature (ties to the lower index), their softmax in double,
+// top-p, min-p and the draw u in [0, 1). Scratch: pv, pi [argmaxBlocks(n) * topK], counter [1] (zero before the
+// first launch; each launch leaves it zero). One launch; *out (device) is the token.
+constexpr int kMaxSampleTopK = 64;
+struct SampleArgs {
+  float temperature;
+  int topK;
+  float topP, minP;
+  double u;
+};
+cudaError_t sample(const float* x, int64_t n, const SampleArgs& a, float* pv, int* pi, unsigned* counter,
+                   int32_t* out, cudaStream_t s);
+
 // cuBLAS prefill helpers (cublas_gemm.cpp): parts [3][count] bf16 with x = parts[0] + parts[1] + parts[2] (each the
 // bf16 rounding of what the previous parts leave); initRows: y[t, o] = bias[o] (or 0) for t < n, o < out;
 // sumParts: y[i] = (p[2][i] + p[1][i]) + p[0][i] (+ bias[i % out]) for i < count, p [3][count].
