@@ -30,8 +30,8 @@ class Sampler {
   // pick the token where the logits are (Model::forwardGreedy).
   bool greedy() const { return cfg_.temperature <= 0 && cfg_.repetitionPenalty == 1.0f; }
   // True when a backend that samples with top-k up to maxTopK can do what sample() does (temperature > 0, top-k on
-  // and <= maxTopK, no repetition penalty): *s gets the parameters and the next draw of this sampler's random
-  // sequence (one per token, as sample() takes it), so the text is the same seed's.
+  // and <= maxTopK, no repetition penalty). nextDeviceSampling() then gives a token's parameters and the next draw of
+  // this sampler's random sequence (one per token, as sample() takes it), so the text is the same seed's.
   bool onDevice(int maxTopK) const {
     return cfg_.temperature > 0 && cfg_.repetitionPenalty == 1.0f && cfg_.topK >= 1 && cfg_.topK <= maxTopK;
   }
