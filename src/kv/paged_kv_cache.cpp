@@ -183,11 +183,10 @@ class PagedKVCache final : public KVCache {
       }
       lastStaged = true;
     }
-    if (!jobs.empty() && !backend_.hostVisible()) {  // decoded by the backend (kernels on a GPU)
-      stats_->decodedBlocks += int64_t(jobs.size());
+    stats_->decodedBlocks += int64_t(jobs.size());
+    if (!backend_.hostVisible()) {  // decoded by the backend (kernels on a GPU)
       for (const Job& jo : jobs) backend_.decodeKVBlock(format(s, jo.dtype), jo.src, jo.k, jo.v);
     } else if (!jobs.empty()) {  // host memory: on all cores
-      stats_->decodedBlocks += int64_t(jobs.size());
       ThreadPool::global().parallelFor(
           int64_t(jobs.size()),
           [&](int64_t jb, int64_t je) {
@@ -298,7 +297,7 @@ class PagedKVCache final : public KVCache {
     DeviceArray kf(backend_, from.kElems()), vf(backend_, std::max<size_t>(from.vElems(), 1));
     DeviceArray encoded(backend_, (f.bytes() + 3) / 4), staged;
     const uint8_t* src = old.data;
-    if (old.tier != Tier::Device) {  // a host block's bytes go to the device first
+    if (old.tier != Tier::Device && !backend_.hostVisible()) {  // a host block's bytes go to the device first
       staged = DeviceArray(backend_, (old.bytes + 3) / 4);
       backend_.copy(staged.data(), Tier::Device, old.data, Tier::Host, old.bytes);
       src = reinterpret_cast<const uint8_t*>(staged.data());

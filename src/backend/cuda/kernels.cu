@@ -1069,7 +1069,8 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) moeDownRows(const float* _
 }
 
 // Many experts: grid (hid): one block per output row h, warp w takes experts w, w + 8, ...; the 8 partial sums are added in a
-// fixed order (deterministic).
+// fixed order (deterministic). At most 40 registers (6 blocks per SM instead of 5 at its natural 48: the Qwen3 shape's
+// 2048 blocks take fewer waves; measured faster on the H200, docs/benchmarks.md "Session 7"; 8 blocks spill).
 template <int T>
 __global__ void __launch_bounds__(kGemvWarps * kWarp, 6) moeDown(const float* __restrict__ act, const __grid_constant__ MoeArgs m,
                                                             int count, int64_t inter, int64_t hid,
